@@ -1,0 +1,97 @@
+"""Scripted faults: make a method fail, slow down or time out for its next calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FaultKind = Literal["error", "status", "html", "latency", "timeout_after_write", "redirect"]
+
+
+@dataclass
+class Fault:
+    """One scripted fault on a method (`*` matches every method) for `times` calls.
+
+    - error: answer `{"error": code, "error_description": description}` with `status`;
+    - status: answer `status` with `body` (JSON) as given;
+    - html: answer `status` (default 502) with an HTML page, `text/html`;
+    - latency: wait `seconds` before running the method, then answer normally;
+    - timeout_after_write: run the method (the write happens), then wait `seconds`
+      before answering, so a client with a shorter timeout never sees the result;
+    - redirect: answer 302 with `Location` (a renamed portal) and a non-JSON body.
+    """
+
+    method: str
+    kind: FaultKind
+    times: int = 1
+    status: int = 503
+    code: str = "QUERY_LIMIT_EXCEEDED"
+    description: str = "Too many requests"
+    seconds: float = 0.0
+    body: Any = None
+    location: str = ""
+    in_batch: bool = True
+
+    def matches(self, method: str) -> bool:
+        return self.method in ("*", method)
+
+
+@dataclass
+class FaultBook:
+    faults: list[Fault] = field(default_factory=list)
+
+    def add(self, fault: Fault) -> None:
+        self.faults.append(fault)
+
+    def take(self, method: str, *, in_batch: bool = False) -> Fault | None:
+        """The first fault that applies to this call, spending one of its uses."""
+        for fault in self.faults:
+            if not fault.matches(method) or (in_batch and not fault.in_batch):
+                continue
+            fault.times -= 1
+            if fault.times <= 0:
+                self.faults.remove(fault)
+            return fault
+        return None
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [vars(fault).copy() for fault in self.faults]
+
+    def clear(self) -> None:
+        self.faults.clear()
+
+
+@dataclass
+class Stats:
+    """What the sandbox received: HTTP requests and methods run, direct or batched."""
+
+    http_requests: int = 0
+    by_method: dict[str, int] = field(default_factory=dict)
+    http_by_method: dict[str, int] = field(default_factory=dict)
+    batch_by_method: dict[str, int] = field(default_factory=dict)
+    rejected_rate_limit: int = 0
+
+    def request(self, method: str) -> None:
+        self.http_requests += 1
+        self.http_by_method[method] = self.http_by_method.get(method, 0) + 1
+        self.by_method[method] = self.by_method.get(method, 0) + 1
+
+    def batch_command(self, method: str) -> None:
+        self.batch_by_method[method] = self.batch_by_method.get(method, 0) + 1
+        self.by_method[method] = self.by_method.get(method, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.http_requests,
+            "by_method": dict(sorted(self.by_method.items())),
+            "http_by_method": dict(sorted(self.http_by_method.items())),
+            "batch_by_method": dict(sorted(self.batch_by_method.items())),
+            "rejected_rate_limit": self.rejected_rate_limit,
+        }
+
+    def reset(self) -> None:
+        self.http_requests = 0
+        self.by_method.clear()
+        self.http_by_method.clear()
+        self.batch_by_method.clear()
+        self.rejected_rate_limit = 0

@@ -1,0 +1,87 @@
+"""The method table: each REST method is a small function registered by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from sandbox.phpform import intval
+from sandbox.protocol import MethodResult
+
+if TYPE_CHECKING:
+    from sandbox.state import Portal
+
+AuthKind = Literal["webhook", "oauth"]
+
+
+@dataclass
+class Auth:
+    """Who is calling: the user, how they authenticated and which scopes they hold."""
+
+    user_id: int
+    kind: AuthKind
+    scopes: frozenset[str]
+    client_id: str = "webhook"
+
+
+@dataclass
+class Call:
+    """One method invocation, direct or inside a batch."""
+
+    method: str
+    params: dict[str, Any]
+    portal: Portal
+    auth: Auth
+    in_batch: bool = False
+    operating_extra: float = field(default=0.0)
+
+    @property
+    def start(self) -> int:
+        # The REST server reads `start` with intval before the method runs.
+        return intval(self.params.get("start"))
+
+    @property
+    def user_id(self) -> int:
+        return self.auth.user_id
+
+
+Handler = Callable[[Call], MethodResult]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    handler: Handler
+    scope: str | None
+    webhook_allowed: bool = True
+    upper_query: bool = False
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+def method(
+    name: str,
+    *,
+    scope: str | None,
+    webhook_allowed: bool = True,
+    upper_query: bool = False,
+) -> Callable[[Handler], Handler]:
+    """Register a handler under a method name (stored lower-case, as the server looks up).
+
+    `upper_query` marks methods whose whole query is upper-cased (`user.get`, `event.*`).
+    """
+
+    def register(handler: Handler) -> Handler:
+        key = name.lower()
+        if key in REGISTRY:
+            raise RuntimeError(f"method {name} registered twice")
+        REGISTRY[key] = MethodSpec(key, handler, scope, webhook_allowed, upper_query)
+        return handler
+
+    return register
+
+
+def lookup(name: str) -> MethodSpec | None:
+    return REGISTRY.get(name.lower())
