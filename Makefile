@@ -1,0 +1,52 @@
+# leadloop: `make run` starts everything locally, `make test` checks everything.
+
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install only when the project's dependencies change.
+STAMP := $(VENV)/.installed
+
+# The first Python 3.11+ on PATH; override with `make PYTHON=/path/to/python3.12`.
+PYTHON ?= $(shell for candidate in python3.13 python3.12 python3.11 python3; do \
+	command -v $$candidate >/dev/null 2>&1 && \
+	$$candidate -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && \
+	{ echo $$candidate; break; }; done)
+
+.PHONY: run test fmt lint bench install redis
+
+run: install
+	@scripts/ensure-redis || echo "Going on: leadloop run checks LEADLOOP_REDIS_URL itself."
+	$(BIN)/leadloop run
+
+test: install redis
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install redis
+	@if [ -f bench/run.py ]; then $(BIN)/python -m bench.run; \
+	else echo "No benchmarks yet: bench/run.py does not exist."; fi
+
+install: $(STAMP)
+
+redis:
+	@scripts/ensure-redis
+
+$(BIN)/python:
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "leadloop needs Python 3.11 or newer on PATH (or make PYTHON=...)." >&2; \
+		exit 1; fi
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@

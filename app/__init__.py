@@ -1,0 +1,1 @@
+"""The service shell: settings, configuration, logging, HTTP app, worker and CLI."""

@@ -1,0 +1,235 @@
+"""Everything in one process for development and demos: sandbox, API and worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import secrets
+import signal
+import socket
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import uvicorn
+from pydantic import SecretStr
+from starlette.types import ASGIApp
+
+from app.api import create_app
+from app.clients import ping_redis, redact_url, redis_client
+from app.config import BusinessRules
+from app.settings import Settings
+from app.worker import build_worker
+
+log = structlog.stdlib.get_logger(__name__)
+
+SANDBOX_WEBHOOK_PATH = "/rest/1/sandbox/"
+# Open connections get this long to finish after Ctrl-C before they are dropped.
+GRACEFUL_SHUTDOWN_S = 5
+
+
+class LocalRunError(Exception):
+    """Something `run` needs is missing; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Listening:
+    """Where each part of the local system can be reached."""
+
+    sandbox: str
+    webhook: str
+    api: str
+    docs: str
+    redis: str
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to `run_local`, which owns two of them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def sandbox_base_url(host: str, port: int) -> str:
+    return f"http://{_reachable(host)}:{port}"
+
+
+def local_settings(settings: Settings) -> tuple[Settings, str]:
+    """Settings wired to the sandbox where nothing else is configured.
+
+    Also returns the application token the sandbox signs its outbound events with,
+    the same one the API will check.
+    """
+    token = settings.bitrix24_application_token
+    if token is None:
+        token = SecretStr(secrets.token_urlsafe(16))
+    update: dict[str, SecretStr] = {"bitrix24_application_token": token}
+    if settings.bitrix24_webhook_url is None:
+        base = sandbox_base_url(settings.sandbox_host, settings.sandbox_port)
+        update["bitrix24_webhook_url"] = SecretStr(base + SANDBOX_WEBHOOK_PATH)
+    return settings.model_copy(update=update), token.get_secret_value()
+
+
+async def run_local(
+    settings: Settings,
+    rules: BusinessRules,
+    sandbox_app: ASGIApp,
+    *,
+    on_ready: Callable[[Listening], None],
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set, SIGINT or SIGTERM; raise `LocalRunError` early."""
+    await _require_redis(settings.redis_url)
+    stop = stop or asyncio.Event()
+
+    sandbox_socket = _bind(settings.sandbox_host, settings.sandbox_port, "sandbox")
+    try:
+        api_socket = _bind(settings.api_host, settings.api_port, "API")
+    except LocalRunError:
+        sandbox_socket.close()
+        raise
+
+    with sandbox_socket, api_socket, _stop_on_signals(stop):
+        sandbox = _Server(_server_config(sandbox_app))
+        api = _Server(_server_config(create_app(settings)))
+        worker = build_worker(settings, rules, handle_signals=False)
+
+        tasks = [
+            _start("sandbox", sandbox.serve([sandbox_socket])),
+            _start("api", api.serve([api_socket])),
+            _start("worker", worker.async_run()),
+        ]
+        try:
+            await _until_started(sandbox, api, tasks)
+            on_ready(_listening(settings, sandbox_socket, api_socket))
+            log.info("run.ready")
+            await _until_stopped(stop, tasks)
+        finally:
+            log.info("run.stopping")
+            sandbox.should_exit = api.should_exit = True
+            await worker.close()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("run.stopped")
+
+
+async def _require_redis(redis_url: str) -> None:
+    redis = redis_client(redis_url)
+    try:
+        problem = await ping_redis(redis)
+    finally:
+        await redis.aclose()
+
+    if problem is not None:
+        log.error("run.redis_unavailable", redis=redact_url(redis_url), problem=problem)
+        raise LocalRunError(
+            f"Redis does not answer at {redact_url(redis_url)}: {problem}.\n"
+            "leadloop keeps its job queue and dialog state in Redis. To fix, either\n"
+            "  - start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379"
+            " (`make run` does this when redis-server is installed),\n"
+            "  - install it: apt-get install redis-server, or brew install redis,\n"
+            "  - or point LEADLOOP_REDIS_URL at a Redis that answers."
+        )
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        log.error("run.port_unavailable", part=what, host=host, port=port)
+        raise LocalRunError(
+            f"The {what} cannot listen on {host}:{port}: {exc.strerror}.\n"
+            "Stop whatever holds the port, or choose another one with "
+            f"LEADLOOP_{'SANDBOX' if what == 'sandbox' else 'API'}_PORT."
+        ) from None
+    return sock
+
+
+def _start(part: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """Run one part in its own context, so that each of its log lines names it."""
+    context = contextvars.copy_context()
+    context.run(structlog.contextvars.bind_contextvars, part=part)
+    return asyncio.create_task(work, name=part, context=context)
+
+
+def _server_config(app: ASGIApp) -> uvicorn.Config:
+    # Both servers share uvicorn's loggers: access logs stay on for both, and the
+    # `part` bound by `_start` tells their lines apart.
+    return uvicorn.Config(
+        app, log_config=None, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    for signum in handled:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+async def _until_started(
+    sandbox: uvicorn.Server, api: uvicorn.Server, tasks: list[asyncio.Task[None]]
+) -> None:
+    while not (sandbox.started and api.started):
+        failed = next((task for task in tasks if task.done()), None)
+        if failed is not None:
+            raise LocalRunError(f"the {failed.get_name()} stopped while starting")
+        await asyncio.sleep(0.05)
+
+
+async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait(
+        [stopping, *tasks], return_when=asyncio.FIRST_COMPLETED
+    )
+    stopping.cancel()
+    for task in tasks:
+        if task in done:
+            log.error("run.part_stopped", part=task.get_name())
+            raise LocalRunError(f"the {task.get_name()} stopped unexpectedly")
+
+
+def _listening(
+    settings: Settings, sandbox_socket: socket.socket, api_socket: socket.socket
+) -> Listening:
+    sandbox = sandbox_base_url(settings.sandbox_host, sandbox_socket.getsockname()[1])
+    api = f"http://{_reachable(settings.api_host)}:{api_socket.getsockname()[1]}"
+    webhook = (
+        settings.bitrix24_webhook_url.get_secret_value()
+        if settings.bitrix24_webhook_url is not None
+        else ""
+    )
+    if not webhook.startswith(sandbox):
+        webhook = "from LEADLOOP_BITRIX24_WEBHOOK_URL (not shown: it holds a secret)"
+    return Listening(
+        sandbox=sandbox,
+        webhook=webhook,
+        api=api,
+        docs=f"{api}/docs",
+        redis=redact_url(settings.redis_url),
+    )
+
+
+def _reachable(host: str) -> str:
+    """The address to connect to a server that listens on `host`."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host

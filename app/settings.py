@@ -1,0 +1,93 @@
+"""Process settings: `LEADLOOP_*` environment variables and an optional `.env` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "production"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    """Everything a process needs to start; business rules live in the TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LEADLOOP_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        # `LEADLOOP_X=` copied from env.example means "not set", not "empty secret".
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    # Process
+    env: Environment = "development"
+    log_level: LogLevel = "INFO"
+    config: Path | None = Field(default=None, description="business rules (TOML)")
+
+    # Redis: the arq queue, dialog state, dedupe keys
+    redis_url: str = "redis://localhost:6379/0"
+
+    # Where the HTTP servers listen
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    sandbox_host: str = "127.0.0.1"
+    sandbox_port: int = Field(default=8801, ge=1, le=65535)
+
+    # Bitrix24: the inbound webhook URL embeds its token, so it is a secret
+    bitrix24_webhook_url: SecretStr | None = None
+    bitrix24_application_token: SecretStr | None = None
+
+    # Telegram
+    telegram_bot_token: SecretStr | None = None
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_api_base: str = "https://api.telegram.org"
+
+    # WhatsApp Cloud API; the base carries the Graph API version
+    whatsapp_access_token: SecretStr | None = None
+    whatsapp_app_secret: SecretStr | None = None
+    whatsapp_verify_token: SecretStr | None = None
+    whatsapp_phone_number_id: str | None = None
+    whatsapp_api_base: str = "https://graph.facebook.com/v22.0"
+
+    # LLM: any OpenAI-compatible endpoint; unset means the rule-based qualifier
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+
+    # Admin API
+    admin_token: SecretStr | None = None
+
+    @field_validator("bitrix24_webhook_url")
+    @classmethod
+    def _webhook_url_ends_with_slash(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None:
+            return None
+        value = url.get_secret_value()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL like https://portal/rest/1/code/")
+        return url if value.endswith("/") else SecretStr(value + "/")
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    def secret_values(self) -> list[str]:
+        """The plain values of every secret that is set, for the log masker."""
+        values = (getattr(self, name) for name in type(self).model_fields)
+        return [
+            value.get_secret_value()
+            for value in values
+            if isinstance(value, SecretStr) and value.get_secret_value()
+        ]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once; tests build `Settings(...)` directly."""
+    return Settings()

@@ -1,0 +1,79 @@
+"""The arq worker: job functions, the cron table and the clients jobs share.
+
+`WorkerSettings` holds what is the same in every deployment; `build_worker` adds what
+comes from settings and the business rules (Redis, the cron time zone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from arq.connections import RedisSettings
+from arq.cron import CronJob
+from arq.worker import Worker, create_worker
+
+from app.clients import open_clients
+from app.config import BusinessRules
+from app.settings import Settings, get_settings
+
+log = structlog.stdlib.get_logger(__name__)
+
+JobContext = dict[str, Any]
+
+
+async def ping(ctx: JobContext) -> str:
+    """A job that proves the queue works end to end."""
+    log.info("worker.ping")
+    return "pong"
+
+
+async def startup(ctx: JobContext) -> None:
+    if "settings" not in ctx:
+        ctx["settings"] = get_settings()
+    settings: Settings = ctx["settings"]
+    ctx["clients"] = open_clients(settings.redis_url)
+    log.info("worker.started")
+
+
+async def shutdown(ctx: JobContext) -> None:
+    clients = ctx.pop("clients", None)
+    if clients is not None:
+        await clients.aclose()
+    log.info("worker.stopped")
+
+
+async def job_started(ctx: JobContext) -> None:
+    # arq runs each job in its own task, so these ids stay with this job's lines.
+    structlog.contextvars.bind_contextvars(job_id=ctx["job_id"], job_try=ctx["job_try"])
+
+
+async def job_ended(ctx: JobContext) -> None:
+    structlog.contextvars.unbind_contextvars("job_id", "job_try")
+
+
+class WorkerSettings:
+    """What every worker runs; arq reads these class attributes."""
+
+    functions = (ping,)
+    # Later issues add the reminder, reconcile and weekly-report schedules here.
+    cron_jobs: tuple[CronJob, ...] = ()
+    on_startup = startup
+    on_shutdown = shutdown
+    on_job_start = job_started
+    on_job_end = job_ended
+    # Side effects carry their own idempotency keys; a job's result is kept only long
+    # enough to read it back (arq issue 432: a kept result blocks reusing its job id).
+    keep_result = 60
+
+
+def build_worker(settings: Settings, rules: BusinessRules, **overrides: Any) -> Worker:
+    """A worker on `settings.redis_url` whose cron runs in the business time zone."""
+    options: dict[str, Any] = {
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        # Never the container's zone: cron lines are written in business time.
+        "timezone": rules.zone,
+        "ctx": {"settings": settings},
+        **overrides,
+    }
+    return create_worker(dict(vars(WorkerSettings)), **options)

@@ -1,0 +1,1 @@
+"""Talking to the outside: Bitrix24, messenger senders, the LLM client."""

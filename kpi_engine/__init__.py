@@ -1,0 +1,1 @@
+"""Pulling CRM history, KPI and bonus maths, reports and exports."""

@@ -1,0 +1,1 @@
+"""The intake dialog, the lead qualifier (LLM and rules) and the hand-off to the CRM."""

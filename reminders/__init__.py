@@ -1,0 +1,1 @@
+"""Booking watch, reminder schedule and confirm/cancel handling."""

@@ -1,0 +1,1 @@
+"""One router per inbound source: authenticate, parse, dedupe, enqueue, answer fast."""
