@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-FaultKind = Literal["error", "status", "html", "latency", "timeout_after_write", "redirect"]
+FaultKind = Literal[
+    "error", "status", "html", "latency", "timeout_after_write", "redirect"
+]
+FAULT_KINDS: frozenset[str] = frozenset(
+    {"error", "status", "html", "latency", "timeout_after_write", "redirect"}
+)
+DEFAULT_STATUS = {"error": 503, "status": 503, "html": 502, "redirect": 302}
+# Kinds that shape a whole HTTP answer; a batch command can only fail or be slow.
+HTTP_ONLY_KINDS: frozenset[str] = frozenset(
+    {"status", "html", "timeout_after_write", "redirect"}
+)
 
 
 @dataclass
@@ -19,12 +29,15 @@ class Fault:
     - timeout_after_write: run the method (the write happens), then wait `seconds`
       before answering, so a client with a shorter timeout never sees the result;
     - redirect: answer 302 with `Location` (a renamed portal) and a non-JSON body.
+
+    Inside a batch only `error` (into `result_error`) and `latency` apply, unless
+    `in_batch` is false; the other kinds wait for a direct call.
     """
 
     method: str
     kind: FaultKind
     times: int = 1
-    status: int = 503
+    status: int = 0  # 0: the kind's usual status (error 503, html 502, redirect 302)
     code: str = "QUERY_LIMIT_EXCEEDED"
     description: str = "Too many requests"
     seconds: float = 0.0
@@ -32,8 +45,29 @@ class Fault:
     location: str = ""
     in_batch: bool = True
 
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            kinds = ", ".join(sorted(FAULT_KINDS))
+            raise ValueError(f"unknown fault kind {self.kind!r} (one of {kinds})")
+        if not isinstance(self.method, str) or not self.method:
+            raise ValueError("fault needs a method name or '*'")
+        if not isinstance(self.times, int) or self.times < 1:
+            raise ValueError("times must be a positive integer")
+        if self.status == 0:
+            self.status = DEFAULT_STATUS.get(self.kind, 503)
+        if not isinstance(self.status, int) or not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status code")
+        if not isinstance(self.seconds, int | float) or self.seconds < 0:
+            raise ValueError("seconds must be a non-negative number")
+        if self.kind == "redirect" and not self.location:
+            raise ValueError("a redirect fault needs a location")
+        self.method = self.method.lower()
+
     def matches(self, method: str) -> bool:
         return self.method in ("*", method)
+
+    def applies_in_batch(self) -> bool:
+        return self.in_batch and self.kind not in HTTP_ONLY_KINDS
 
 
 @dataclass
@@ -46,7 +80,7 @@ class FaultBook:
     def take(self, method: str, *, in_batch: bool = False) -> Fault | None:
         """The first fault that applies to this call, spending one of its uses."""
         for fault in self.faults:
-            if not fault.matches(method) or (in_batch and not fault.in_batch):
+            if not fault.matches(method) or (in_batch and not fault.applies_in_batch()):
                 continue
             fault.times -= 1
             if fault.times <= 0:

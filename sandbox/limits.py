@@ -25,7 +25,7 @@ Clock = Callable[[], float]
 
 @dataclass
 class LeakyBucket:
-    """Each request adds one; the level drains at `rate` per second; above `burst`: 503."""
+    """Each request adds one, the level drains at `rate` a second; over `burst`: 503."""
 
     rate: float
     burst: float
@@ -112,7 +112,8 @@ class OperatingLimiter:
         return int(ledger.buckets[oldest][1] + OPERATING_BUCKETS * OPERATING_BUCKET_S)
 
     def blocked(self, method: str, caller: str) -> bool:
-        return self.spent(method, caller) >= self.limit_s
+        # LoadLimiter::is blocks once the total is strictly over the limit.
+        return self.spent(method, caller) > self.limit_s
 
     def record(self, method: str, caller: str, seconds: float) -> float:
         """Charge a call; returns the seconds counted (0 for fast calls)."""

@@ -7,12 +7,16 @@ PHP compares them (the string "false" is true).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 from urllib.parse import unquote_plus
 
 _INT_KEY = re.compile(r"^(0|-?[1-9][0-9]*)$")
-_LEADING_INT = re.compile(r"^\s*([+-]?[0-9]+)")
+# PHP reads the leading numeric part of a string; "1e3" and "2.9" count as numbers.
+_LEADING_NUMBER = re.compile(
+    r"^[ \t\n\r\v\f]*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
+)
 
 
 def parse_str(query: str) -> dict[str, Any]:
@@ -22,34 +26,45 @@ def parse_str(query: str) -> dict[str, Any]:
         if not pair:
             continue
         raw_key, _, raw_value = pair.partition("=")
-        key = unquote_plus(raw_key)
-        value = unquote_plus(raw_value)
-        if not key:
+        path = _split_key(unquote_plus(raw_key))
+        if path is None:
             continue
-        _assign(root, _split_key(key), value)
-    return densify(root)
+        _assign(root, path, unquote_plus(raw_value))
+    dense: dict[str, Any] = {k: densify(v) for k, v in root.items()}
+    return dense
 
 
-def _split_key(key: str) -> list[str | None]:
-    """`a[b][]` -> ["a", "b", None]; a broken bracket keeps the rest literal, as PHP."""
+def _split_key(key: str) -> list[str | None] | None:
+    """`a[b][]` -> ["a", "b", None]; None when PHP would drop the pair.
+
+    Follows `php_register_variable_ex`: leading spaces are skipped, an empty name is
+    dropped, an unclosed first bracket turns into part of the name (`a[b` -> `a_b`),
+    and anything after the last closed bracket is ignored.
+    """
+    key = key.lstrip(" ")
     start = key.find("[")
-    if start <= 0:
-        return [_php_top_name(key)]
+    if start == -1:
+        return [_php_top_name(key)] if key else None
+    if start == 0:
+        return None
     parts: list[str | None] = [_php_top_name(key[:start])]
     rest = key[start:]
     while rest.startswith("["):
         end = rest.find("]")
         if end == -1:
+            if len(parts) == 1:
+                # Not an index: PHP keeps it in the name, brackets and dots as "_".
+                return [_php_top_name(key[:start] + "_" + rest[1:])]
             break
         inner = rest[1:end]
-        parts.append(inner if inner != "" else None)
+        parts.append(None if inner in ("", " ") else inner)
         rest = rest[end + 1 :]
     return parts
 
 
 def _php_top_name(name: str) -> str:
-    # PHP turns spaces and dots in top-level variable names into underscores.
-    return name.replace(" ", "_").replace(".", "_")
+    # PHP turns spaces, dots and stray brackets in variable names into underscores.
+    return name.replace(" ", "_").replace(".", "_").replace("[", "_")
 
 
 def _assign(node: dict[str, Any], path: list[str | None], value: str) -> None:
@@ -84,7 +99,7 @@ def densify(value: Any) -> Any:
 
 
 def intval(value: Any, default: int = 0) -> int:
-    """PHP `intval`: leading digits of a string, 0 when there are none."""
+    """PHP `intval`: the leading number of a string, 0 when there is none."""
     if value is None:
         return default
     if isinstance(value, bool):
@@ -92,11 +107,21 @@ def intval(value: Any, default: int = 0) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return int(value)
+        return int(value) if math.isfinite(value) else 0
     if isinstance(value, str):
-        match = _LEADING_INT.match(value)
-        return int(match.group(1)) if match else 0
+        return _intval_text(value)
     return 1 if value else 0
+
+
+def _intval_text(text: str) -> int:
+    match = _LEADING_NUMBER.match(text)
+    if match is None:
+        return 0
+    number = match.group(1)
+    if number.lstrip("+-").isdigit():
+        return int(number)
+    as_float = float(number)
+    return int(as_float) if math.isfinite(as_float) else 0
 
 
 def truthy(value: Any) -> bool:
@@ -113,7 +138,7 @@ def truthy(value: Any) -> bool:
 
 
 def lower_keys(params: dict[str, Any], *names: str) -> dict[str, Any]:
-    """Find top-level parameters by any of lower, UPPER or Title case, as legacy CRM does."""
+    """Top-level parameters in lower, UPPER or Title case, as legacy CRM reads them."""
     found: dict[str, Any] = {}
     for name in names:
         for variant in (name.lower(), name.upper(), name.title()):

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from sandbox.phpform import intval
 from sandbox.protocol import MethodResult
 
 if TYPE_CHECKING:
@@ -23,6 +22,13 @@ class Auth:
     kind: AuthKind
     scopes: frozenset[str]
     client_id: str = "webhook"
+    # Which inbound webhook, when it is one: the operating limit counts per webhook.
+    password_id: str = ""
+
+    @property
+    def limit_key(self) -> str:
+        """Whose time the operating limit counts: the app, or else the webhook."""
+        return self.password_id or self.client_id
 
 
 @dataclass
@@ -35,11 +41,9 @@ class Call:
     auth: Auth
     in_batch: bool = False
     operating_extra: float = field(default=0.0)
-
-    @property
-    def start(self) -> int:
-        # The REST server reads `start` with intval before the method runs.
-        return intval(self.params.get("start"))
+    # The REST server takes `start` out of the parameters with intval before the
+    # method runs (`CRestServer::processCall`); 0 when absent.
+    start: int = 0
 
     @property
     def user_id(self) -> int:
@@ -68,9 +72,10 @@ def method(
     webhook_allowed: bool = True,
     upper_query: bool = False,
 ) -> Callable[[Handler], Handler]:
-    """Register a handler under a method name (stored lower-case, as the server looks up).
+    """Register a handler under a method name, stored lower-case as the server looks up.
 
-    `upper_query` marks methods whose whole query is upper-cased (`user.get`, `event.*`).
+    `upper_query` marks methods whose whole query is upper-cased (`user.get`, `event.*`)
+    before they see it.
     """
 
     def register(handler: Handler) -> Handler:

@@ -1,4 +1,4 @@
-"""The sandbox's HTTP face: Bitrix24 REST at its real paths, plus `/_sandbox/` controls."""
+"""The sandbox's HTTP face: Bitrix24 REST at its real paths, `/_sandbox/` controls."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
@@ -23,6 +25,7 @@ from sandbox.batch import run_batch
 from sandbox.engine import Sandbox
 from sandbox.events import EventDispatcher
 from sandbox.faults import Fault
+from sandbox.oauth import oauth_routes
 from sandbox.phpform import parse_str
 from sandbox.protocol import MethodResult, RestError, Timing
 from sandbox.registry import Auth, MethodSpec, lookup
@@ -50,7 +53,9 @@ BASE_HEADERS = {
 }
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def _json(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     payload = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     return Response(
         payload,
@@ -60,12 +65,24 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-def _error(error: RestError) -> Response:
+def _error(error: RestError, transport: str = "json") -> Response:
+    """An error answer: never a `time` block; XML when the call asked for `.xml`."""
+    if transport == "xml":
+        return Response(
+            render_xml(error.body()),
+            status_code=error.status,
+            media_type="text/xml; charset=utf-8",
+            headers=BASE_HEADERS,
+        )
     return _json(error.body(), error.status)
 
 
+def _control_error(message: str) -> Response:
+    return JSONResponse({"error": message}, 400)
+
+
 async def read_params(request: Request) -> dict[str, Any]:
-    """Query first, body merged over it; malformed JSON is ignored, as the server does."""
+    """Query first, body merged over it; malformed JSON is ignored, as on a portal."""
     params = parse_str(request.url.query)
     body = await request.body()
     if not body:
@@ -76,10 +93,9 @@ async def read_params(request: Request) -> dict[str, Any]:
         with contextlib.suppress(ValueError):
             parsed = json.loads(body)
     elif content_type == "multipart/form-data":
-        form = await request.form()
-        pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-        from urllib.parse import urlencode
-
+        # File parts are not read: no method the sandbox implements takes uploads.
+        async with request.form() as form:
+            pairs = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
         parsed = parse_str(urlencode(pairs))
     else:
         parsed = parse_str(body.decode("utf-8", errors="replace"))
@@ -113,7 +129,10 @@ class SandboxApp:
         if options.snapshot is not None:
             load_snapshot(portal, json.loads(options.snapshot.read_text("utf-8")))
             self._install_default_webhook()
-        self.events = EventDispatcher(portal)
+        public_host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
+        self.events = EventDispatcher(
+            portal, public_url=f"http://{public_host}:{options.port}"
+        )
 
     @property
     def portal(self) -> Portal:
@@ -149,14 +168,14 @@ class SandboxApp:
             return _error(protocol.wrong_transport())
         spec = lookup(name)
         if spec is None:
-            return _error(protocol.method_not_found())
+            return _error(protocol.method_not_found(), transport)
         self.sandbox.stats.request(spec.name)
         try:
             params = await read_params(request)
             auth = self._authenticate(request, params, webhook)
             response = await self._run(spec, params, auth, transport)
         except RestError as error:
-            response = _error(error)
+            response = _error(error, transport)
         self.events.pump()
         return response
 
@@ -198,7 +217,7 @@ class SandboxApp:
             self.events.pump()
             await asyncio.sleep(fault.seconds)
         body = protocol.envelope(outcome, timing, self.portal.zone)
-        headers = {"X-Bitrix-Rest-Time": f"{timing.finished - timing.started:.6f}"}
+        headers = {"X-Bitrix-Rest-Time": f"{timing.finished - timing.started:.10f}"}
         if transport == "xml":
             return Response(
                 render_xml(body),
@@ -216,11 +235,16 @@ class SandboxApp:
         if fault.kind == "status":
             return _json(fault.body if fault.body is not None else {}, fault.status)
         if fault.kind == "html":
-            page = f"<html><body>{fault.status} Bad Gateway</body></html>"
-            return Response(page, status_code=fault.status, media_type="text/html")
+            return _html_error_page(fault.status)
         if fault.kind == "redirect":
+            # A renamed portal: the old host answers with a page, not JSON.
+            link = f'<a href="{fault.location}">here</a>'
+            page = f"<html><body>Moved to {link}</body></html>"
             return Response(
-                "Moved", status_code=302, headers={"Location": fault.location}
+                page,
+                status_code=fault.status,
+                media_type="text/html",
+                headers={"Location": fault.location},
             )
         return None
 
@@ -233,13 +257,11 @@ class SandboxApp:
         try:
             snapshot = json.loads(await request.body())
         except ValueError as error:
-            return JSONResponse({"error": f"snapshot is not JSON: {error}"}, 400)
-        if not isinstance(snapshot, dict):
-            return JSONResponse({"error": "snapshot must be a JSON object"}, 400)
+            return _control_error(f"snapshot is not JSON: {error}")
         try:
             counts = load_snapshot(self.portal, snapshot)
         except ValueError as error:
-            return JSONResponse({"error": str(error)}, 400)
+            return _control_error(str(error))
         self._install_default_webhook()
         return JSONResponse({"loaded": counts})
 
@@ -252,7 +274,7 @@ class SandboxApp:
             entries = body if isinstance(body, list) else [body]
             faults = [Fault(**entry) for entry in entries]
         except (ValueError, TypeError) as error:
-            return JSONResponse({"error": f"bad fault: {error}"}, 400)
+            return _control_error(f"bad fault: {error}")
         for fault in faults:
             self.sandbox.faults.add(fault)
         return JSONResponse({"faults": self.sandbox.faults.describe()})
@@ -272,14 +294,24 @@ class SandboxApp:
         return JSONResponse({"reset": True})
 
     async def post_settings(self, request: Request) -> Response:
-        body = json.loads(await request.body() or b"{}")
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as error:
+            return _control_error(f"settings are not JSON: {error}")
+        if not isinstance(body, dict):
+            return _control_error("settings must be a JSON object")
+        unknown = set(body) - {"rate_limit", "operating_limit_s"}
+        if unknown:
+            return _control_error(f"unknown settings: {', '.join(sorted(unknown))}")
+        limit = body.get("operating_limit_s", self.sandbox.operating.limit_s)
+        if isinstance(limit, bool) or not isinstance(limit, int | float) or limit < 0:
+            return _control_error("operating_limit_s must be a non-negative number")
         if "rate_limit" in body:
             try:
                 self.sandbox.limiter.set_plan(str(body["rate_limit"]))
             except ValueError as error:
-                return JSONResponse({"error": str(error)}, 400)
-        if "operating_limit_s" in body:
-            self.sandbox.operating.limit_s = float(body["operating_limit_s"])
+                return _control_error(str(error))
+        self.sandbox.operating.limit_s = float(limit)
         return JSONResponse(
             {
                 "rate_limit": self.sandbox.limiter.plan,
@@ -295,7 +327,9 @@ class SandboxApp:
     def build(self) -> Starlette:
         methods = ["GET", "POST"]
         routes = [
-            Route("/rest/{user_id:int}/{token}/{method}", self.rest_webhook, methods=methods),
+            Route(
+                "/rest/{user_id}/{token}/{method}", self.rest_webhook, methods=methods
+            ),
             Route("/rest/{method}", self.rest_oauth, methods=methods),
             Route("/_sandbox/snapshot", self.get_snapshot, methods=["GET"]),
             Route("/_sandbox/snapshot", self.post_snapshot, methods=["POST"]),
@@ -307,6 +341,7 @@ class SandboxApp:
             Route("/_sandbox/settings", self.post_settings, methods=["POST"]),
             Route("/_sandbox/events", self.get_events, methods=["GET"]),
             *self.events.routes(),
+            *oauth_routes(self.portal),
         ]
 
         @contextlib.asynccontextmanager
@@ -315,6 +350,19 @@ class SandboxApp:
                 yield
 
         return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _html_error_page(status: int) -> Response:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    page = (
+        f"<html><head><title>{status} {phrase}</title></head>"
+        f"<body><center><h1>{status} {phrase}</h1></center><hr>"
+        "<center>nginx</center></body></html>"
+    )
+    return Response(page, status_code=status, media_type="text/html")
 
 
 def protocol_scopes() -> frozenset[str]:

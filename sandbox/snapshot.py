@@ -22,39 +22,86 @@ def reset_portal(portal: Portal) -> None:
     seed_defaults(portal)
 
 
-def _row_id(section: str, row: Any, id_field: str) -> int:
+def _row_id(section: str, position: int, row: Any, id_field: str) -> int:
     if not isinstance(row, dict):
-        raise ValueError(f"{section}: every row must be an object")
+        raise ValueError(f"{section}[{position}]: a row must be a JSON object")
     raw = row.get(id_field)
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise ValueError(f"{section}[{position}]: {id_field} must be a number")
     try:
-        return int(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{section}: row without a numeric {id_field}: {raw!r}") from None
+        return int(raw)
+    except ValueError:
+        raise ValueError(
+            f"{section}[{position}]: {id_field} must be a number, got {raw!r}"
+        ) from None
 
 
-def load_snapshot(portal: Portal, snapshot: dict[str, Any]) -> dict[str, int]:
-    """Replace the sections the snapshot names; the others keep a fresh portal's rows."""
-    unknown = set(snapshot) - set(SNAPSHOT_SECTIONS) - {"settings"}
+def _checked_settings(snapshot: dict[str, Any]) -> dict[str, Any]:
+    settings = snapshot.get("settings")
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise ValueError("settings: must be a JSON object")
+    unknown = set(settings) - {"crm_mode"}
     if unknown:
-        raise ValueError(f"unknown snapshot sections: {', '.join(sorted(unknown))}")
-    reset_portal(portal)
-    settings = snapshot.get("settings") or {}
-    if "crm_mode" in settings:
-        if settings["crm_mode"] not in ("classic", "simple"):
-            raise ValueError("settings.crm_mode must be 'classic' or 'simple'")
-        portal.crm_mode = settings["crm_mode"]
+        raise ValueError(f"settings: unknown keys: {', '.join(sorted(unknown))}")
+    if "crm_mode" in settings and settings["crm_mode"] not in ("classic", "simple"):
+        raise ValueError("settings.crm_mode must be 'classic' or 'simple'")
+    return settings
 
-    counts: dict[str, int] = {}
+
+def _checked_sections(
+    portal: Portal, snapshot: dict[str, Any]
+) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """Every section's rows with their ids, or a ValueError naming the first problem."""
+    sections: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for section, table_name in SNAPSHOT_SECTIONS.items():
         rows = snapshot.get(section)
         if rows is None:
             continue
         if not isinstance(rows, list):
             raise ValueError(f"{section}: must be a list of rows")
-        table = portal.table(table_name)
+        id_field = portal.table(table_name).id_field
+        checked: list[tuple[int, dict[str, Any]]] = []
+        seen: set[int] = set()
+        for position, row in enumerate(rows):
+            row_id = _row_id(section, position, row, id_field)
+            if row_id in seen:
+                raise ValueError(
+                    f"{section}[{position}]: duplicate {id_field} {row_id}"
+                )
+            seen.add(row_id)
+            checked.append((row_id, dict(row)))
+        sections[section] = checked
+    return sections
+
+
+def load_snapshot(portal: Portal, snapshot: dict[str, Any]) -> dict[str, int]:
+    """Replace the sections the snapshot names; the others keep a fresh portal's rows.
+
+    The whole snapshot is checked before anything changes, so a bad one leaves the
+    portal as it was.
+    """
+    if not isinstance(snapshot, dict):
+        raise ValueError("a snapshot must be a JSON object of sections")
+    unknown = set(snapshot) - set(SNAPSHOT_SECTIONS) - {"settings"}
+    if unknown:
+        known = ", ".join(["settings", *SNAPSHOT_SECTIONS])
+        raise ValueError(
+            f"unknown snapshot sections: {', '.join(sorted(unknown))} (known: {known})"
+        )
+    settings = _checked_settings(snapshot)
+    sections = _checked_sections(portal, snapshot)
+
+    reset_portal(portal)
+    if "crm_mode" in settings:
+        portal.crm_mode = settings["crm_mode"]
+    counts: dict[str, int] = {}
+    for section, rows in sections.items():
+        table = portal.table(SNAPSHOT_SECTIONS[section])
         table.clear()
-        for row in rows:
-            table.insert(dict(row), _row_id(section, row, table.id_field))
+        for row_id, row in rows:
+            table.insert(row, row_id)
         counts[section] = len(rows)
     _advance_multifield_ids(portal)
     return counts

@@ -101,6 +101,14 @@ class Table:
             column[row_id] = value
             return value
 
+    def cache(self, key: str) -> dict[int, Any]:
+        """The per-row cache under `key` (row id -> value), dropped per row on change.
+
+        For derived values that `typed()` cannot name (a parse of several fields, or a
+        second parse of one field); keys should not collide with field names.
+        """
+        return self._typed.setdefault(key, {})
+
     def clear(self) -> None:
         self.rows.clear()
         self._order.clear()

@@ -53,7 +53,9 @@ class RunningSandbox:
         self.http.post("/_sandbox/settings", json=values).raise_for_status()
 
 
-def start_sandbox(options: SandboxOptions) -> tuple[uvicorn.Server, threading.Thread, SandboxApp]:
+def start_sandbox(
+    options: SandboxOptions,
+) -> tuple[uvicorn.Server, threading.Thread, SandboxApp]:
     app = SandboxApp(options)
     config = uvicorn.Config(
         app.build(), host=options.host, port=options.port, log_level="warning"
