@@ -261,10 +261,9 @@ def parse_select(
 
 
 def _select_names(raw: Any) -> list[str]:
+    # A select that is not an array is replaced by an empty one: all fields.
     if isinstance(raw, dict):
         raw = list(raw.values())
-    elif isinstance(raw, str):
-        raw = [raw]
     if not isinstance(raw, list):
         return []
     return [value for value in raw if isinstance(value, str)]

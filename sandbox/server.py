@@ -124,11 +124,10 @@ class SandboxApp:
             portal.application_token = options.application_token
         self.options = options
         self.sandbox = Sandbox(portal, options.rate_limit)
-        reset_portal(portal)
-        self._install_default_webhook()
+        self._initial: dict[str, Any] | None = None
         if options.snapshot is not None:
-            load_snapshot(portal, json.loads(options.snapshot.read_text("utf-8")))
-            self._install_default_webhook()
+            self._initial = json.loads(options.snapshot.read_text("utf-8"))
+        self._restore_initial_state()
         public_host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
         self.events = EventDispatcher(
             portal, public_url=f"http://{public_host}:{options.port}"
@@ -286,9 +285,15 @@ class SandboxApp:
     async def get_stats(self, request: Request) -> Response:
         return JSONResponse(self.sandbox.stats.as_dict())
 
-    async def post_reset(self, request: Request) -> Response:
+    def _restore_initial_state(self) -> None:
+        """A fresh portal, then the `--snapshot` file when the sandbox was given one."""
         reset_portal(self.portal)
+        if self._initial is not None:
+            load_snapshot(self.portal, self._initial)
         self._install_default_webhook()
+
+    async def post_reset(self, request: Request) -> Response:
+        self._restore_initial_state()
         self.sandbox.reset_counters()
         self.events.reset()
         return JSONResponse({"reset": True})

@@ -147,7 +147,9 @@ def array_param(params: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def entity_id(call: Call) -> int:
     """`ID` or `id`, intval'd; anything but a positive number is refused."""
-    raw = call.params.get("ID", call.params.get("id"))
+    raw = call.params.get("ID")
+    if raw is None:
+        raw = call.params.get("id")
     row_id = intval(raw) if not isinstance(raw, list | dict) else (1 if raw else 0)
     if row_id <= 0:
         raise protocol.legacy_error("ID is not defined or invalid.")
@@ -377,7 +379,8 @@ class Writer:
         row_id = self.table.allocate_id()
         row: dict[str, Any] = dict.fromkeys(standard_names(self.spec, self.fields))
         row.update(self._common_defaults())
-        row.update(values)
+        # A null is as good as absent on add: the defaults stand.
+        row.update({name: value for name, value in values.items() if value is not None})
         row["ID"] = str(row_id)
         self._fill_title(row, row_id)
         assigned = intval(values.get("ASSIGNED_BY_ID"))
@@ -483,6 +486,13 @@ class Writer:
         row = existing_row(self.table, row_id)
         write = accept_fields(raw, self.fields, self.codec, updating=True)
         changes = dict(write.values)
+        scavenged = ["BEGINDATE", "CLOSEDATE"]
+        if self.spec.name != "contact":
+            scavenged.append(self.spec.title_field)
+        for name in scavenged:
+            # Blank titles and dates are dropped before an update (CCrmDeal::Update).
+            if name in changes and not str(changes[name] or "").strip():
+                del changes[name]
         stage_moved = False
         if self.spec.stage_field is not None:
             stage_moved = self._stage_change(row, changes)

@@ -16,7 +16,7 @@ from tests.sandbox.conftest import RunningSandbox
 from tests.sandbox.echo import ECHO, ECHO_CRM, MISSING, echo_methods
 from tests.sandbox.shapes import shape_differences
 
-FIXTURES = Path("/work/shared/fixtures/bitrix24")
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "bitrix24"
 # The commands behind the two recorded batch answers.
 LINKED_CMD = {
     "get_user": "user.current",
@@ -616,3 +616,114 @@ class TestRecordedAnswers:
         assert body["result"]["result_next"] == []
         assert body["result"]["result_total"] == {"get_department": 1}
         assert body["result"]["result"]["get_department"][0]["ID"] == "1"
+
+
+class TestThroughCrmDeals:
+    def deals(self, sandbox: RunningSandbox, count: int) -> None:
+        rows = [
+            {"ID": str(i), "TITLE": f"Deal {i}", "CATEGORY_ID": "0", "STAGE_ID": "NEW"}
+            for i in range(1, count + 1)
+        ]
+        sandbox.load({"deals": rows})
+
+    def test_an_added_id_feeds_the_next_command(self, sandbox: RunningSandbox) -> None:
+        result = batch_result(
+            sandbox,
+            {
+                "add": "crm.deal.add?fields[TITLE]=Chained",
+                "get": "crm.deal.get?id=$result[add]",
+            },
+            halt=1,
+        )
+
+        assert isinstance(result["result"]["add"], int)
+        assert result["result"]["get"]["TITLE"] == "Chained"
+
+    def test_keyset_pages_chain_on_the_last_row_of_each_page(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        self.deals(sandbox, 120)
+        page = "crm.deal.list?order[ID]=ASC&select[0]=ID&start=-1&filter[%3EID]="
+        cmd = {
+            "req_0": page + "0",
+            "req_1": page + "$result[req_0][49][ID]",
+            "req_2": page + "$result[req_1][49][ID]",
+        }
+
+        result = batch_result(sandbox, cmd, halt=1)
+
+        ids = [[int(row["ID"]) for row in result["result"][key]] for key in cmd]
+        assert ids == [list(range(1, 51)), list(range(51, 101)), list(range(101, 121))]
+        assert result["result_total"] == {"req_0": 0, "req_1": 0, "req_2": 0}
+        assert result["result_next"] == []
+
+    def test_list_totals_and_next_are_grouped_per_command(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        self.deals(sandbox, 120)
+
+        result = batch_result(
+            sandbox,
+            {
+                "first": "crm.deal.list?select[]=ID",
+                "last": "crm.deal.list?select[]=ID&start=100",
+            },
+        )
+
+        assert result["result_total"] == {"first": 120, "last": 120}
+        assert result["result_next"] == {"first": 50}
+        assert len(result["result"]["last"]) == 20
+
+    def test_a_form_encoded_batch_filters_with_double_encoded_operators(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        self.deals(sandbox, 5)
+        body = (
+            "halt=0&cmd[above]=crm.deal.list%3Ffilter%255B%253EID%255D%3D3"
+            "%26select%255B%255D%3DID"
+        )
+
+        response = sandbox.http.post(
+            "/rest/1/sandbox/batch",
+            content=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+        rows = response.json()["result"]["result"]["above"]
+        assert rows == [{"ID": "4"}, {"ID": "5"}]
+
+    def test_writes_before_a_failure_have_run_with_halt_0(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        result = batch_result(
+            sandbox,
+            {
+                "bad": "crm.deal.get?id=999",
+                "add": "crm.deal.add?fields[TITLE]=Still+written",
+            },
+            halt=0,
+        )
+
+        assert result["result_error"] == {
+            "bad": {"error": "", "error_description": "Not found"}
+        }
+        titles = [row["TITLE"] for row in sandbox.result("crm.deal.list")]
+        assert titles == ["Still written"]
+
+    def test_a_webhook_without_crm_fails_each_crm_command(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        sandbox.app.portal.add_webhook(2, "tasks", frozenset({"task"}))
+
+        response = run_batch(
+            sandbox,
+            {"list": "crm.deal.list", "add": "crm.deal.add?fields[TITLE]=x"},
+            url="/rest/2/tasks",
+        )
+
+        scope_error = {"error": "insufficient_scope", "error_description": ""}
+        assert response.json()["result"]["result_error"] == {
+            "list": scope_error,
+            "add": scope_error,
+        }
+        assert sandbox.result("crm.deal.list") == []

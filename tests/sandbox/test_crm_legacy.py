@@ -14,7 +14,7 @@ import pytest
 from tests.sandbox.conftest import RunningSandbox
 from tests.sandbox.shapes import shape_differences
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "bitrix24"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bitrix24"
 MOSCOW = ZoneInfo("Europe/Moscow")
 UNREACHABLE_HANDLER = "http://127.0.0.1:9/hook"
 # Present only once a method has run long enough to be charged (reference §2).
@@ -306,6 +306,18 @@ class TestDealUpdate:
 
         assert result is True
         assert sandbox.result("crm.deal.get", {"id": deal_id})["TITLE"] == "After"
+
+    def test_a_blank_title_or_date_is_ignored(self, sandbox: RunningSandbox) -> None:
+        deal_id = sandbox.result("crm.deal.add", {"fields": {"TITLE": "Kept"}})
+        before = sandbox.result("crm.deal.get", {"id": deal_id})
+
+        sandbox.result(
+            "crm.deal.update",
+            {"id": deal_id, "fields": {"TITLE": " ", "CLOSEDATE": ""}},
+        )
+
+        after = sandbox.result("crm.deal.get", {"id": deal_id})
+        assert (after["TITLE"], after["CLOSEDATE"]) == ("Kept", before["CLOSEDATE"])
 
     def test_category_cannot_be_changed(self, sandbox: RunningSandbox) -> None:
         sandbox.result("crm.category.add", {"entityTypeId": 2, "fields": {"name": "B"}})

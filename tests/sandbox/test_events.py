@@ -21,7 +21,7 @@ import pytest
 from sandbox.phpform import parse_str
 from tests.sandbox.conftest import RunningSandbox, free_port
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "bitrix24"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bitrix24"
 
 
 @dataclass

@@ -528,3 +528,63 @@ class TestSystemMethods:
 
         assert {"batch", "server.time", "scope", "methods"} <= set(names)
         assert all(name == name.lower() for name in names)
+
+
+class TestThroughCrmDeals:
+    def test_an_upper_case_method_name_lists_deals(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        sandbox.result("crm.deal.add", {"fields": {"TITLE": "Loud"}})
+
+        response = sandbox.http.post(f"{HOOK}/CRM.DEAL.LIST", json={"select": ["ID"]})
+
+        assert response.status_code == 200
+        assert response.json()["result"] == [{"ID": "1"}]
+        assert response.json()["total"] == 1
+
+    def test_a_form_encoded_add_is_read_like_json(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        added = sandbox.http.post(
+            f"{HOOK}/crm.deal.add.json",
+            content="fields[TITLE]=Form+deal&fields[OPPORTUNITY]=1500",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+        deal = sandbox.result("crm.deal.get", {"id": added.json()["result"]})
+
+        assert isinstance(added.json()["result"], int)
+        assert deal["TITLE"] == "Form deal"
+        assert deal["OPPORTUNITY"] == "1500.00"
+
+    def test_a_get_query_filters_a_list(self, sandbox: RunningSandbox) -> None:
+        for title in ("One", "Two", "Three"):
+            sandbox.result("crm.deal.add", {"fields": {"TITLE": title}})
+
+        response = sandbox.http.get(
+            f"{HOOK}/crm.deal.list?filter[%3EID]=1&select[]=ID&order[ID]=DESC"
+        )
+
+        assert response.json()["result"] == [{"ID": "3"}, {"ID": "2"}]
+
+    def test_the_body_wins_over_the_query_for_a_write(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        added = sandbox.http.post(
+            f"{HOOK}/crm.deal.add?fields[TITLE]=Query",
+            json={"fields": {"TITLE": "Body"}},
+        )
+
+        deal = sandbox.result("crm.deal.get", {"id": added.json()["result"]})
+
+        assert deal["TITLE"] == "Body"
+
+    def test_an_app_token_writes_as_its_user(self, sandbox: RunningSandbox) -> None:
+        token = add_token(sandbox, scopes=("crm",))
+
+        added = sandbox.http.post(
+            "/rest/crm.deal.add", json={"auth": token, "fields": {"TITLE": "App"}}
+        )
+
+        assert added.status_code == 200
+        assert isinstance(added.json()["result"], int)

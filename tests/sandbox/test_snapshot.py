@@ -261,6 +261,24 @@ class TestSnapshotAtStart:
         assert snapshot["users"] == [user(1, "Anna")]
         assert current["result"]["NAME"] == "Anna"
 
+    def test_reset_returns_to_the_snapshot_the_sandbox_started_with(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "portal.json"
+        path.write_text(json.dumps({"deals": [deal(4)]}), "utf-8")
+        options = SandboxOptions(port=free_port(), rate_limit="off", snapshot=path)
+        server, thread, _ = start_sandbox(options)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{options.port}") as http:
+                http.post("/rest/1/sandbox/crm.deal.add", json={"fields": {}})
+                http.post("/_sandbox/reset").raise_for_status()
+                deals = http.get("/_sandbox/snapshot").json()["deals"]
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+        assert deals == [deal(4)]
+
     def test_a_bad_snapshot_file_stops_the_start_with_the_reason(
         self, tmp_path: Path
     ) -> None:

@@ -11,7 +11,7 @@ import pytest
 from tests.sandbox.conftest import RunningSandbox
 from tests.sandbox.shapes import shape_differences
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "bitrix24"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bitrix24"
 
 
 def a_deal_move(

@@ -9,7 +9,7 @@ from typing import Any
 from tests.sandbox.conftest import RunningSandbox
 from tests.sandbox.shapes import shape_differences
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "bitrix24"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bitrix24"
 
 
 def a_deal(deal_id: int = 7, assigned_by: int = 3) -> dict[str, Any]:
