@@ -33,7 +33,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install redis
-	@if [ -f bench/run.py ]; then $(BIN)/python -m bench.run; \
+	$(BIN)/python -m bench.run
 	else echo "No benchmarks yet: bench/run.py does not exist."; fi
 
 install: $(STAMP)
