@@ -34,7 +34,6 @@ lint: install
 
 bench: install redis
 	$(BIN)/python -m bench.run
-	else echo "No benchmarks yet: bench/run.py does not exist."; fi
 
 install: $(STAMP)
 
