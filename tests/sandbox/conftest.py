@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -71,15 +72,23 @@ def start_sandbox(
     return server, thread, app
 
 
-@pytest.fixture(scope="module")
-def sandbox_server() -> Iterator[RunningSandbox]:
-    options = SandboxOptions(port=free_port(), rate_limit="off")
+@contextlib.contextmanager
+def running_sandbox(options: SandboxOptions) -> Iterator[RunningSandbox]:
+    """Serve a sandbox with these options until the block ends."""
     server, thread, app = start_sandbox(options)
     base_url = f"http://127.0.0.1:{options.port}"
-    with httpx.Client(base_url=base_url, timeout=30) as http:
-        yield RunningSandbox(base_url, app, http)
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        with httpx.Client(base_url=base_url, timeout=30) as http:
+            yield RunningSandbox(base_url, app, http)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def sandbox_server() -> Iterator[RunningSandbox]:
+    with running_sandbox(SandboxOptions(port=free_port(), rate_limit="off")) as running:
+        yield running
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from sandbox.limits import (
@@ -15,7 +14,7 @@ from sandbox.limits import (
     RateLimiter,
 )
 from sandbox.server import SandboxOptions
-from tests.sandbox.conftest import RunningSandbox, free_port, start_sandbox
+from tests.sandbox.conftest import RunningSandbox, free_port, running_sandbox
 
 HOOK = "/rest/1/sandbox"
 TOO_MANY = {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}
@@ -42,12 +41,8 @@ class FakeClock:
 def standard_server() -> Iterator[RunningSandbox]:
     """A sandbox started as `--rate-limit standard`."""
     options = SandboxOptions(port=free_port(), rate_limit="standard")
-    server, thread, app = start_sandbox(options)
-    base_url = f"http://127.0.0.1:{options.port}"
-    with httpx.Client(base_url=base_url, timeout=30) as http:
-        yield RunningSandbox(base_url, app, http)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_sandbox(options) as running:
+        yield running
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from sandbox.server import SandboxApp, SandboxOptions
 from sandbox.snapshot import dump_snapshot
 from sandbox.state import SNAPSHOT_SECTIONS
-from tests.sandbox.conftest import RunningSandbox, free_port, start_sandbox
+from tests.sandbox.conftest import RunningSandbox, free_port, running_sandbox
 
 
 def deal(deal_id: int, **fields: str) -> dict[str, Any]:
@@ -249,14 +249,9 @@ class TestSnapshotAtStart:
         path = tmp_path / "portal.json"
         path.write_text(json.dumps({"users": [user(1, "Anna")]}), "utf-8")
         options = SandboxOptions(port=free_port(), rate_limit="off", snapshot=path)
-        server, thread, _ = start_sandbox(options)
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{options.port}") as http:
-                snapshot = http.get("/_sandbox/snapshot").json()
-                current = http.get("/rest/1/sandbox/user.current").json()
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        with running_sandbox(options) as running:
+            snapshot = running.http.get("/_sandbox/snapshot").json()
+            current = running.http.get("/rest/1/sandbox/user.current").json()
 
         assert snapshot["users"] == [user(1, "Anna")]
         assert current["result"]["NAME"] == "Anna"
@@ -267,15 +262,10 @@ class TestSnapshotAtStart:
         path = tmp_path / "portal.json"
         path.write_text(json.dumps({"deals": [deal(4)]}), "utf-8")
         options = SandboxOptions(port=free_port(), rate_limit="off", snapshot=path)
-        server, thread, _ = start_sandbox(options)
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{options.port}") as http:
-                http.post("/rest/1/sandbox/crm.deal.add", json={"fields": {}})
-                http.post("/_sandbox/reset").raise_for_status()
-                deals = http.get("/_sandbox/snapshot").json()["deals"]
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        with running_sandbox(options) as running:
+            running.call("crm.deal.add", {"fields": {}})
+            running.reset()
+            deals = running.http.get("/_sandbox/snapshot").json()["deals"]
 
         assert deals == [deal(4)]
 
