@@ -582,6 +582,14 @@ def parse_moment(value: Any, zone: ZoneInfo) -> datetime | None:
     return _parse_calendar(text, zone)
 
 
+def parse_datetime(text: str, zone: ZoneInfo) -> datetime | None:
+    """An engine date-time: any `strtotime` form, in the portal zone, whole seconds."""
+    moment = parse_moment(text, zone)
+    if moment is None:
+        return None
+    return moment.astimezone(zone).replace(microsecond=0)
+
+
 def _parse_calendar(text: str, zone: ZoneInfo) -> datetime | None:
     iso = _ISO.match(text)
     if iso:

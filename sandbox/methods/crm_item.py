@@ -17,7 +17,6 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,7 +25,6 @@ from sandbox.fields import (
     FieldInfo,
     entity_fields,
     now_iso,
-    parse_moment,
     php_floatval,
 )
 from sandbox.filters import Condition, Group, compile_filter, first_matches, parse_key
@@ -123,14 +121,6 @@ def owner_row(
     if table is None:
         return None
     return portal.table(table).get(owner_id)
-
-
-def parse_datetime(text: str, zone: ZoneInfo) -> datetime | None:
-    """An engine date-time: any `strtotime` form, in the portal zone, whole seconds."""
-    moment = parse_moment(text, zone)
-    if moment is None:
-        return None
-    return moment.astimezone(zone).replace(microsecond=0)
 
 
 def engine_list(

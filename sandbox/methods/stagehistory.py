@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from sandbox import protocol
-from sandbox.fields import FieldInfo
+from sandbox.fields import FieldInfo, parse_datetime
 from sandbox.filters import Condition, Group
 from sandbox.listing import OrderKey
 from sandbox.methods.crm_item import (
@@ -23,7 +23,6 @@ from sandbox.methods.crm_item import (
     entity_not_supported,
     filter_items,
     is_logic_key,
-    parse_datetime,
 )
 from sandbox.phpform import intval
 from sandbox.protocol import MethodResult

@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sandbox.methods.crm_item import parse_datetime
+from sandbox.fields import parse_datetime
 from sandbox.methods.users import ADMIN_USER_ID, full_name, iso_now
 from sandbox.phpform import intval
 from sandbox.protocol import MethodResult, RestError

@@ -11,13 +11,12 @@ import time
 from typing import Any
 
 from sandbox import protocol
-from sandbox.fields import now_iso
+from sandbox.fields import now_iso, parse_datetime
 from sandbox.listing import PAGE_SIZE, legacy_window
 from sandbox.methods.crm_item import (
     OWNER_TYPE_NAMES,
     engine_param,
     owner_row,
-    parse_datetime,
     resolve_owner_type,
 )
 from sandbox.phpform import intval, lower_keys

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from sandbox.methods.crm_item import parse_datetime
+from sandbox.fields import parse_datetime
 from sandbox.phpform import intval
 from sandbox.protocol import MethodResult
 from sandbox.registry import Call, method
