@@ -1,0 +1,323 @@
+"""Complete pulls: every row a filter matches, in id order, or an error.
+
+Offset pages skip or repeat a row whenever the filtered set changes between pages
+(reference §3.1). A pull here pages by id instead (§3.2, §4.1): `start=-1` (no
+COUNT), order by id ascending, `>ID` above the last id seen, and up to 50 such pages
+chained in one `batch`, each keyed on `$result[previous][49][ID]` of the page before.
+The chain ends at the first page shorter than 50; the commands after it filter on a
+missing row and their answers are thrown away.
+
+A legacy portal silently drops filter keys it does not know, in any case but its own,
+and then returns *more* rows (§10). So filter and select keys are checked against the
+entity's `*.fields` before anything is sent, and the pull pages are checked too: ids
+must rise strictly from the last one seen, and no page may be longer than 50 rows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.bitrix24.client import BatchResult, Bitrix24Client, Command
+from connectors.bitrix24.encoding import BatchRef
+from connectors.bitrix24.errors import IncompletePull, UnknownField
+
+PAGE_SIZE = 50  # fixed by the portal for every list method
+MAX_PAGES_PER_BATCH = 50  # the portal runs at most 50 commands of a batch
+
+# `[!][+]<operator><FIELD>` (reference §8); `!%` is crm.item's NOT LIKE.
+_FILTER_KEY = re.compile(
+    r"(?P<prefix>!?\+?)(?P<op>>=|<=|=%|%=|!@|!=|!%|>|<|@|%|\?|=|!)?"
+    r"(?P<field>[A-Za-z][A-Za-z0-9_]*)"
+)
+# Keys of nested groups and their combinator in crm.item filters.
+_GROUP_KEY = re.compile(r"\d+")
+_LOGIC_KEY = "logic"
+
+
+@dataclass(frozen=True)
+class ListedEntity:
+    """How one entity is listed: its methods, id field and answer shape."""
+
+    name: str
+    list_method: str
+    fields_method: str
+    id_field: str
+    # None: the result is the row list (legacy); otherwise the key holding it.
+    rows_key: str | None = None
+    # crm.item.fields answers {"fields": {...}}; legacy *.fields the map itself.
+    fields_key: str | None = None
+    fixed_params: Mapping[str, object] = field(default_factory=dict)
+    # crm.item accepts nested groups with "logic"; legacy lists do not.
+    nested_filters: bool = False
+
+    def last_id_ref(self, command: str) -> BatchRef:
+        """The id of the 50th row of `command`'s page."""
+        if self.rows_key is None:
+            return BatchRef(command, PAGE_SIZE - 1, self.id_field)
+        return BatchRef(command, self.rows_key, PAGE_SIZE - 1, self.id_field)
+
+
+def _legacy(name: str) -> ListedEntity:
+    return ListedEntity(name, f"crm.{name}.list", f"crm.{name}.fields", "ID")
+
+
+LEGACY_ENTITIES: dict[str, ListedEntity] = {
+    name: _legacy(name) for name in ("deal", "lead", "contact", "company", "activity")
+}
+
+
+def crm_item(entity_type_id: int) -> ListedEntity:
+    """`crm.item.list` for one entity type (2 deals, 1 leads, ≥ 128 smart processes)."""
+    return ListedEntity(
+        f"crm.item:{entity_type_id}",
+        "crm.item.list",
+        "crm.item.fields",
+        "id",
+        rows_key="items",
+        fields_key="fields",
+        fixed_params={"entityTypeId": entity_type_id},
+        nested_filters=True,
+    )
+
+
+FieldMap = Mapping[str, Mapping[str, Any]]
+
+
+class Puller:
+    """Pulls complete lists through one client; remembers each entity's fields."""
+
+    def __init__(
+        self, client: Bitrix24Client, *, pages_per_batch: int = MAX_PAGES_PER_BATCH
+    ) -> None:
+        if not 1 <= pages_per_batch <= MAX_PAGES_PER_BATCH:
+            raise ValueError(f"pages_per_batch must be 1..{MAX_PAGES_PER_BATCH}")
+        self.client = client
+        self.pages_per_batch = pages_per_batch
+        self._fields: dict[str, FieldMap] = {}
+
+    async def fields(self, entity: ListedEntity) -> FieldMap:
+        """The entity's fields as `*.fields` describes them, fetched once."""
+        known = self._fields.get(entity.name)
+        if known is not None:
+            return known
+        answer = await self.client.call(entity.fields_method, entity.fixed_params)
+        if entity.fields_key is not None and isinstance(answer, Mapping):
+            answer = answer.get(entity.fields_key)
+        if not isinstance(answer, Mapping) or entity.id_field not in answer:
+            raise IncompletePull(
+                f"{entity.fields_method}: no field list with {entity.id_field}",
+                method=entity.fields_method,
+            )
+        fields: FieldMap = {
+            str(name): info if isinstance(info, Mapping) else {}
+            for name, info in answer.items()
+        }
+        self._fields[entity.name] = fields
+        return fields
+
+    async def pull(
+        self,
+        entity: str | ListedEntity,
+        filter: Mapping[str, object] | None = None,
+        select: Sequence[str] | None = None,
+        *,
+        after_id: int = 0,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every row matching `filter` with id above `after_id`, in id order."""
+        spec = resolve_entity(entity)
+        fields = await self.fields(spec)
+        checked_filter = check_filter(spec, fields, filter or {})
+        columns = check_select(spec, fields, select)
+
+        last_id = after_id
+        while True:
+            result = await self.client.batch(
+                self._chain(spec, checked_filter, columns, last_id), halt=True
+            )
+            for page in range(self.pages_per_batch):
+                rows = _page_rows(spec, result, f"p{page}")
+                ids = _checked_ids(spec, rows, last_id, page)
+                for row in rows:
+                    yield row
+                if len(rows) < PAGE_SIZE:
+                    return
+                last_id = ids[-1]
+
+    def _chain(
+        self,
+        spec: ListedEntity,
+        checked_filter: Mapping[str, object],
+        columns: list[str],
+        last_id: int,
+    ) -> dict[str, Command]:
+        commands: dict[str, Command] = {}
+        for page in range(self.pages_per_batch):
+            above: object = last_id if page == 0 else spec.last_id_ref(f"p{page - 1}")
+            params = {
+                **spec.fixed_params,
+                "order": {spec.id_field: "ASC"},
+                "filter": {**checked_filter, f">{spec.id_field}": above},
+                "select": columns,
+                "start": -1,
+            }
+            commands[f"p{page}"] = Command(spec.list_method, params)
+        return commands
+
+
+def pull(
+    client: Bitrix24Client,
+    entity: str | ListedEntity,
+    filter: Mapping[str, object] | None = None,
+    select: Sequence[str] | None = None,
+    *,
+    after_id: int = 0,
+) -> AsyncIterator[dict[str, Any]]:
+    """A one-off `Puller(client).pull(...)`."""
+    return Puller(client).pull(entity, filter, select, after_id=after_id)
+
+
+def resolve_entity(entity: str | ListedEntity) -> ListedEntity:
+    if isinstance(entity, ListedEntity):
+        return entity
+    try:
+        return LEGACY_ENTITIES[entity]
+    except KeyError:
+        known = ", ".join(sorted(LEGACY_ENTITIES))
+        raise ValueError(f"unknown entity {entity!r} (known: {known})") from None
+
+
+def check_filter(
+    spec: ListedEntity, fields: FieldMap, raw: Mapping[str, object]
+) -> dict[str, object]:
+    """The filter with every key checked against the fields, in their exact case.
+
+    A Python bool on a custom boolean field becomes 1/0, the only form those fields
+    match (docs-ru#348); elsewhere the encoder's Y/N applies.
+    """
+    checked: dict[str, object] = {}
+    for key, value in raw.items():
+        if spec.nested_filters and _GROUP_KEY.fullmatch(key):
+            if not isinstance(value, Mapping):
+                raise UnknownField(f"{spec.name}: filter group {key!r} is not a dict")
+            checked[key] = check_filter(spec, fields, value)
+            continue
+        if spec.nested_filters and key == _LOGIC_KEY:
+            if str(value).upper() not in ("AND", "OR"):
+                raise UnknownField(f"{spec.name}: filter logic must be AND or OR")
+            checked[key] = value
+            continue
+        name, operator = _filter_field(spec, fields, key)
+        if name == spec.id_field and operator in (">", ">="):
+            raise ValueError(
+                f"{spec.name}: the pull pages by {spec.id_field} itself; "
+                "pass after_id instead of a lower bound"
+            )
+        checked[key] = _filter_value(fields[name], value)
+    return checked
+
+
+def check_select(
+    spec: ListedEntity, fields: FieldMap, select: Sequence[str] | None
+) -> list[str]:
+    """The select list checked against the fields, with the id field always in it."""
+    if isinstance(select, str):
+        raise TypeError("select is a list of field names, not one string")
+    # Without a select the legacy portal returns standard and custom fields; say so
+    # explicitly. crm.item's "*" already includes custom fields.
+    wildcards = ["*"] if spec.rows_key is not None else ["*", "UF_*"]
+    columns = list(select) if select else list(wildcards)
+    for name in columns:
+        if name not in wildcards and name not in fields:
+            raise _unknown(spec, fields, "select", name, name)
+    if "*" not in columns and spec.id_field not in columns:
+        columns.append(spec.id_field)
+    return columns
+
+
+def _filter_field(spec: ListedEntity, fields: FieldMap, key: str) -> tuple[str, str]:
+    match = _FILTER_KEY.fullmatch(key)
+    if match is None:
+        raise UnknownField(f"{spec.name}: filter key {key!r} is not FIELD or opFIELD")
+    name = match["field"]
+    if name not in fields:
+        raise _unknown(spec, fields, "filter", key, name)
+    return name, match["op"] or "="
+
+
+def _filter_value(info: Mapping[str, Any], value: object) -> object:
+    custom_flag = info.get("type") == "boolean" and info.get("isDynamic")
+    if isinstance(value, bool) and custom_flag:
+        return "1" if value else "0"
+    return value
+
+
+def _unknown(
+    spec: ListedEntity, fields: FieldMap, where: str, key: str, name: str
+) -> UnknownField:
+    same_letters = [known for known in fields if known.lower() == name.lower()]
+    hint = f"; the field is spelled {same_letters[0]!r}" if same_letters else ""
+    return UnknownField(
+        f"{spec.name}: {where} key {key!r} names no field of {spec.fields_method}"
+        f"{hint} (the portal would ignore it silently)",
+        code="UNKNOWN_FIELD",
+        method=spec.list_method,
+    )
+
+
+def _page_rows(spec: ListedEntity, result: BatchResult, name: str) -> list[Any]:
+    if name not in result.results and name not in result.errors:
+        raise IncompletePull(
+            f"{spec.list_method}: page {name} did not run although no page failed",
+            method=spec.list_method,
+        )
+    answer = result.value(name)  # raises the command's own error
+    rows = (
+        answer.get(spec.rows_key)
+        if spec.rows_key and isinstance(answer, dict)
+        else answer
+    )
+    if not isinstance(rows, list):
+        raise IncompletePull(
+            f"{spec.list_method}: page {name} is not a list of rows",
+            method=spec.list_method,
+        )
+    if len(rows) > PAGE_SIZE:
+        raise IncompletePull(
+            f"{spec.list_method}: page {name} holds {len(rows)} rows, more than "
+            f"{PAGE_SIZE}: the chain's row index would skip rows",
+            method=spec.list_method,
+        )
+    return rows
+
+
+def _checked_ids(
+    spec: ListedEntity, rows: list[Any], last_id: int, page: int
+) -> list[int]:
+    ids: list[int] = []
+    previous = last_id
+    for row in rows:
+        row_id = _row_id(spec, row)
+        if row_id <= previous:
+            raise IncompletePull(
+                f"{spec.list_method}: page p{page} has id {row_id} after {previous}; "
+                "the portal did not apply the keyset filter, rows may be missing",
+                method=spec.list_method,
+            )
+        ids.append(row_id)
+        previous = row_id
+    return ids
+
+
+def _row_id(spec: ListedEntity, row: object) -> int:
+    value = row.get(spec.id_field) if isinstance(row, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise IncompletePull(
+        f"{spec.list_method}: a row without a numeric {spec.id_field}",
+        method=spec.list_method,
+    )

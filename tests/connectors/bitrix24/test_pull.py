@@ -1,0 +1,418 @@
+"""Complete keyset pulls: every row once, in id order, in rows / 2,500 requests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from connectors.bitrix24.auth import WebhookCredentials
+from connectors.bitrix24.client import Bitrix24Client
+from connectors.bitrix24.errors import (
+    IncompletePull,
+    OperationTimeLimited,
+    Rejected,
+    UnknownField,
+)
+from connectors.bitrix24.pull import Puller, crm_item, pull
+from tests.connectors.bitrix24.conftest import MOSCOW, Sleeps, Wire
+from tests.fixtures import load_fixture
+from tests.sandbox.conftest import RunningSandbox
+
+PORTAL = "https://example.bitrix24.ru/rest/1/s3cretc0de/"
+
+
+def deals(ids: range, **fields: Any) -> list[dict[str, Any]]:
+    """Legacy deal rows as `crm.deal.list` returns them (strings throughout)."""
+    return [
+        {
+            "ID": str(deal_id),
+            "TITLE": f"Deal {deal_id}",
+            "OPENED": "Y" if deal_id % 2 else "N",
+            "OPPORTUNITY": f"{deal_id}.00",
+            "CURRENCY_ID": "RUB",
+            **fields,
+        }
+        for deal_id in ids
+    ]
+
+
+async def collect(
+    rows: AsyncIterator[dict[str, Any]], into: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    collected = [] if into is None else into
+    async for row in rows:
+        collected.append(row)
+    return collected
+
+
+def ids_of(rows: list[dict[str, Any]], field: str = "ID") -> list[int]:
+    return [int(row[field]) for row in rows]
+
+
+def batch_commands(wire: Wire) -> list[dict[str, str]]:
+    return [body["cmd"] for body in wire.bodies("/batch")]
+
+
+class TestPullAgainstTheSandbox:
+    async def test_three_thousand_deals_arrive_once_each_in_three_requests(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        portal.load({"deals": deals(range(2, 6002, 2))})
+
+        rows = await collect(pull(webhook_client, "deal", select=["ID", "TITLE"]))
+
+        assert ids_of(rows) == list(range(2, 6002, 2))
+        assert rows[0] == {"ID": "2", "TITLE": "Deal 2"}
+        # 3,000 rows / 2,500 per batch -> 2 batches, plus one crm.deal.fields.
+        stats = portal.http.get("/_sandbox/stats").json()
+        assert stats["requests"] == 3
+        assert stats["http_by_method"] == {"batch": 2, "crm.deal.fields": 1}
+
+    async def test_a_boolean_filter_goes_out_as_y_on_every_page(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        # Known fault B24-1: page 1 and the batched pages must filter alike.
+        portal.load({"deals": deals(range(1, 3001))})
+
+        puller = Puller(webhook_client, pages_per_batch=10)
+
+        rows = await collect(puller.pull("deal", {"OPENED": True}, ["ID", "OPENED"]))
+
+        assert ids_of(rows) == list(range(1, 3001, 2))
+        # 1,500 rows in 30 full pages: three full batches, then one empty page.
+        commands = [command for cmd in batch_commands(wire) for command in cmd.values()]
+        assert len(commands) == 4 * 10
+        assert all("&filter[OPENED]=Y&" in command for command in commands)
+
+    async def test_rows_deleted_and_added_during_the_pull_are_neither_lost_nor_repeated(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client
+    ) -> None:
+        portal.load({"deals": deals(range(1, 301))})
+        puller = Puller(webhook_client, pages_per_batch=2)  # 100 rows per request
+        seen: list[int] = []
+
+        async for row in puller.pull("deal", select=["ID"]):
+            seen.append(int(row["ID"]))
+            if seen[-1] == 100:
+                # Between two requests: one row behind, one ahead, one new.
+                await webhook_client.call("crm.deal.delete", {"id": 20})
+                await webhook_client.call("crm.deal.delete", {"id": 150})
+                added = await webhook_client.call(
+                    "crm.deal.add", {"fields": {"TITLE": "Arrived mid-pull"}}
+                )
+
+        expected = [n for n in range(1, 301) if n != 150] + [added]
+        assert seen == expected
+
+    async def test_a_filter_with_operators_and_dates_is_applied_on_every_page(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        modified = "2024-05-01T10:00:00+03:00"
+        portal.load({"deals": deals(range(1, 201), DATE_MODIFY=modified)})
+        since = datetime(2020, 1, 1, tzinfo=UTC)
+
+        rows = await collect(
+            Puller(webhook_client, pages_per_batch=3).pull(
+                "deal",
+                {">=OPPORTUNITY": 51, "<OPPORTUNITY": 180},
+                ["ID", "OPPORTUNITY"],
+            )
+        )
+        later = await collect(
+            pull(webhook_client, "deal", {">=DATE_MODIFY": since}, ["ID"])
+        )
+
+        assert ids_of(rows) == list(range(51, 180))
+        assert len(later) == 200
+        first_command = batch_commands(wire)[-1]["p0"]
+        assert "filter[%3E%3DDATE_MODIFY]=2020-01-01%2003%3A00%3A00" in first_command
+
+    async def test_a_pull_resumes_after_a_given_id(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client
+    ) -> None:
+        portal.load({"deals": deals(range(1, 121))})
+
+        rows = await collect(pull(webhook_client, "deal", None, ["ID"], after_id=100))
+
+        assert ids_of(rows) == list(range(101, 121))
+
+    async def test_an_empty_result_costs_one_batch(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        rows = await collect(pull(webhook_client, "deal", {"TITLE": "nothing"}))
+
+        assert rows == []
+        assert wire.count("/batch") == 1
+
+    async def test_fields_are_fetched_once_per_puller(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        portal.load({"deals": deals(range(1, 11))})
+        puller = Puller(webhook_client)
+
+        await collect(puller.pull("deal", select=["ID"]))
+        await collect(puller.pull("deal", {"OPENED": False}, ["ID"]))
+
+        assert wire.count("/crm.deal.fields") == 1
+
+    @pytest.mark.parametrize(
+        ("filter_", "select", "hint"),
+        [
+            ({"UF_CRM_NOPE": 1}, ["ID"], "UF_CRM_NOPE"),
+            ({"opened": "Y"}, ["ID"], "spelled 'OPENED'"),
+            ({">=opportunity": 5}, ["ID"], "spelled 'OPPORTUNITY'"),
+            ({}, ["ID", "title"], "spelled 'TITLE'"),
+            ({}, ["ID", "UF_CRM_GONE"], "UF_CRM_GONE"),
+            ({"=>OPPORTUNITY": 5}, ["ID"], "is not FIELD or opFIELD"),
+        ],
+    )
+    async def test_keys_the_portal_would_ignore_are_refused_before_any_page(
+        self,
+        portal: RunningSandbox,
+        webhook_client: Bitrix24Client,
+        wire: Wire,
+        filter_: dict[str, Any],
+        select: list[str],
+        hint: str,
+    ) -> None:
+        with pytest.raises(UnknownField, match=hint):
+            await collect(pull(webhook_client, "deal", filter_, select))
+
+        assert wire.count("/batch") == 0
+
+    @pytest.mark.parametrize("key", [">ID", ">=ID"])
+    async def test_a_lower_id_bound_in_the_filter_is_refused(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, key: str
+    ) -> None:
+        with pytest.raises(ValueError, match="after_id"):
+            await collect(pull(webhook_client, "deal", {key: 5}, ["ID"]))
+
+    @pytest.mark.parametrize(
+        ("entity", "section", "row"),
+        [
+            ("contact", "contacts", {"NAME": "Анна"}),
+            ("lead", "leads", {"TITLE": "Site request"}),
+            ("company", "companies", {"TITLE": "ООО Ромашка"}),
+            ("activity", "activities", {"SUBJECT": "Call", "OWNER_TYPE_ID": "2"}),
+        ],
+    )
+    async def test_other_legacy_entities_pull_the_same_way(
+        self,
+        portal: RunningSandbox,
+        webhook_client: Bitrix24Client,
+        entity: str,
+        section: str,
+        row: dict[str, str],
+    ) -> None:
+        portal.load({section: [{"ID": str(n), **row} for n in range(1, 61)]})
+
+        rows = await collect(pull(webhook_client, entity))
+
+        assert ids_of(rows) == list(range(1, 61))
+
+    async def test_without_a_select_custom_fields_are_asked_for_too(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        await collect(pull(webhook_client, "deal"))
+
+        command = batch_commands(wire)[0]["p0"]
+        assert command.endswith("&select[0]=%2A&select[1]=UF_%2A&start=-1")
+
+    async def test_unknown_entities_fail_on_first_iteration(
+        self, webhook_client: Bitrix24Client
+    ) -> None:
+        with pytest.raises(ValueError, match="unknown entity"):
+            await collect(pull(webhook_client, "invoice"))
+
+
+@pytest.fixture
+async def mocked_client() -> AsyncIterator[Bitrix24Client]:
+    async with httpx.AsyncClient() as http:
+        yield Bitrix24Client(
+            http, WebhookCredentials(PORTAL), portal_zone=MOSCOW, sleep=Sleeps()
+        )
+
+
+@pytest.fixture
+def mock() -> respx.MockRouter:
+    with respx.mock(base_url=PORTAL, assert_all_called=False) as router:
+        yield router
+
+
+def answer(
+    pages: dict[str, Any], errors: dict[str, Any] | None = None
+) -> httpx.Response:
+    body = {
+        "result": {
+            "result": pages,
+            "result_error": errors or [],
+            "result_total": [],
+            "result_next": [],
+            "result_time": [],
+        },
+        "time": {},
+    }
+    return httpx.Response(200, json=body)
+
+
+def rows_from(first: int, count: int) -> list[dict[str, str]]:
+    return [{"ID": str(n)} for n in range(first, first + count)]
+
+
+DEAL_FIELDS = load_fixture("bitrix24/crm.deal.fields.response.json")["result"]
+HOT = {
+    "type": "boolean",
+    "isRequired": False,
+    "isReadOnly": False,
+    "isImmutable": False,
+    "isMultiple": False,
+    "isDynamic": True,
+    "title": "UF_CRM_IS_HOT",
+}
+
+
+class TestPullOnTheWire:
+    async def test_pages_are_chained_on_the_last_id_of_the_page_before(
+        self, mocked_client: Bitrix24Client, mock: respx.MockRouter
+    ) -> None:
+        fields = {**DEAL_FIELDS, "UF_CRM_IS_HOT": HOT}
+        mock.post("crm.deal.fields").respond(200, json={"result": fields, "time": {}})
+        batch = mock.post("batch").mock(
+            return_value=answer({"p0": rows_from(1, 50), "p1": rows_from(51, 7)})
+        )
+        won_after = datetime(2025, 1, 5, 21, 0, tzinfo=UTC)
+
+        rows = await collect(
+            Puller(mocked_client, pages_per_batch=2).pull(
+                "deal",
+                {"UF_CRM_IS_HOT": True, "OPENED": True, ">=CLOSEDATE": won_after},
+                ["ID"],
+            )
+        )
+
+        assert ids_of(rows) == list(range(1, 58))
+        common = (
+            "crm.deal.list?order[ID]=ASC&filter[UF_CRM_IS_HOT]=1&filter[OPENED]=Y"
+            "&filter[%3E%3DCLOSEDATE]=2025-01-06%2000%3A00%3A00"
+        )
+        assert json.loads(batch.calls.last.request.content) == {
+            "halt": 1,
+            "cmd": {
+                "p0": f"{common}&filter[%3EID]=0&select[0]=ID&start=-1",
+                "p1": f"{common}&filter[%3EID]=$result[p0][49][ID]"
+                "&select[0]=ID&start=-1",
+            },
+        }
+
+    async def test_crm_items_chain_on_the_items_list(
+        self, mocked_client: Bitrix24Client, mock: respx.MockRouter
+    ) -> None:
+        fields = {
+            "id": {"type": "integer", "upperName": "ID"},
+            "title": {"type": "string", "upperName": "TITLE"},
+            "stageId": {"type": "crm_status", "upperName": "STAGE_ID"},
+            "ufCrm_1_HOT": {**HOT, "upperName": "UF_CRM_1_HOT"},
+        }
+        mock.post("crm.item.fields").respond(
+            200, json={"result": {"fields": fields}, "time": {}}
+        )
+        items = [{"id": n, "title": f"Deal {n}"} for n in range(1, 54)]
+        batch = mock.post("batch").mock(
+            return_value=answer(
+                {"p0": {"items": items[:50]}, "p1": {"items": items[50:]}}
+            )
+        )
+
+        rows = await collect(
+            Puller(mocked_client, pages_per_batch=2).pull(
+                crm_item(2),
+                {
+                    "ufCrm_1_HOT": True,
+                    "0": {"logic": "OR", "@stageId": ["NEW"], "%title": "VIP"},
+                },
+                ["title"],
+            )
+        )
+
+        assert [row["id"] for row in rows] == list(range(1, 54))
+        cmd = json.loads(batch.calls.last.request.content)["cmd"]
+        assert cmd["p1"] == (
+            "crm.item.list?entityTypeId=2&order[id]=ASC&filter[ufCrm_1_HOT]=1"
+            "&filter[0][logic]=OR&filter[0][%40stageId][0]=NEW"
+            "&filter[0][%25title]=VIP&filter[%3Eid]=$result[p0][items][49][id]"
+            "&select[0]=title&select[1]=id&start=-1"
+        )
+
+    async def test_a_bad_field_inside_a_nested_item_filter_is_refused(
+        self, mocked_client: Bitrix24Client, mock: respx.MockRouter
+    ) -> None:
+        mock.post("crm.item.fields").respond(
+            200, json={"result": {"fields": {"id": {}, "title": {}}}, "time": {}}
+        )
+
+        with pytest.raises(UnknownField, match="TITLE"):
+            await collect(
+                pull(mocked_client, crm_item(2), {"0": {"logic": "OR", "TITLE": "x"}})
+            )
+
+    @pytest.mark.parametrize(
+        ("pages", "reason"),
+        [
+            # The keyset filter was not applied: page 2 starts over.
+            ({"p0": rows_from(1, 50), "p1": rows_from(1, 50)}, "after 50"),
+            ({"p0": rows_from(1, 51)}, "more than 50"),
+            ({"p0": [{"ID": "2"}, {"ID": "1"}]}, "after 2"),
+            ({"p0": [{"TITLE": "no id"}]}, "without a numeric ID"),
+            ({"p0": {"unexpected": "shape"}}, "not a list of rows"),
+            # A command the portal never ran although nothing failed.
+            ({"p0": rows_from(1, 50)}, "did not run"),
+        ],
+    )
+    async def test_pages_that_cannot_be_trusted_stop_the_pull(
+        self,
+        mocked_client: Bitrix24Client,
+        mock: respx.MockRouter,
+        pages: dict[str, Any],
+        reason: str,
+    ) -> None:
+        mock.post("crm.deal.fields").respond(
+            200, json={"result": DEAL_FIELDS, "time": {}}
+        )
+        mock.post("batch").mock(return_value=answer(pages))
+
+        with pytest.raises(IncompletePull, match=reason):
+            await collect(Puller(mocked_client, pages_per_batch=2).pull("deal"))
+
+    @pytest.mark.parametrize(
+        ("error", "expected"),
+        [
+            ({"error": "ERROR_CORE", "error_description": "boom"}, Rejected),
+            ({"error": "OPERATION_TIME_LIMIT"}, OperationTimeLimited),
+        ],
+    )
+    async def test_a_failing_page_raises_its_own_error(
+        self,
+        mocked_client: Bitrix24Client,
+        mock: respx.MockRouter,
+        error: dict[str, str],
+        expected: type[Exception],
+    ) -> None:
+        mock.post("crm.deal.fields").respond(
+            200, json={"result": DEAL_FIELDS, "time": {}}
+        )
+        mock.post("batch").mock(
+            return_value=answer({"p0": rows_from(1, 50)}, {"p1": error})
+        )
+        seen: list[dict[str, Any]] = []
+        rows = Puller(mocked_client, pages_per_batch=2).pull("deal")
+
+        with pytest.raises(expected):
+            await collect(rows, into=seen)
+
+        assert len(seen) == 50
