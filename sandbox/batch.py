@@ -129,6 +129,16 @@ def _substitute_text(text: str, state: BatchState) -> Any:
     return replaced
 
 
+def command_methods(params: dict[str, Any]) -> list[str]:
+    """The method names a batch's commands call (the first 50), lower-cased."""
+    lowered = {str(k).lower(): v for k, v in params.items()}
+    names = []
+    for _, command in _commands(lowered.get("cmd"))[:MAX_COMMANDS]:
+        if isinstance(command, str):
+            names.append(command.partition("?")[0].strip().lower())
+    return names
+
+
 async def run_batch(
     sandbox: Sandbox, params: dict[str, Any], auth: Auth
 ) -> dict[str, Any]:

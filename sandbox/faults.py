@@ -66,8 +66,15 @@ class Fault:
     def matches(self, method: str) -> bool:
         return self.method in ("*", method)
 
+    def rejects_whole_request(self) -> bool:
+        """Faults a portal raises before `batch` runs its commands: the front end's
+        limit (503), auth (401), transport pages. Method errors stay per command."""
+        if self.kind in HTTP_ONLY_KINDS:
+            return True
+        return self.kind == "error" and (self.status == 401 or self.status >= 500)
+
     def applies_in_batch(self) -> bool:
-        return self.in_batch and self.kind not in HTTP_ONLY_KINDS
+        return self.in_batch and not self.rejects_whole_request()
 
 
 @dataclass
@@ -86,6 +93,18 @@ class FaultBook:
             if fault.times <= 0:
                 self.faults.remove(fault)
             return fault
+        return None
+
+    def take_for_batch(self, methods: list[str]) -> Fault | None:
+        """A whole-request fault on any method a batch names, spending one use."""
+        for fault in self.faults:
+            if not fault.in_batch or not fault.rejects_whole_request():
+                continue
+            if any(fault.matches(name) for name in methods):
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                return fault
         return None
 
     def describe(self) -> list[dict[str, Any]]:

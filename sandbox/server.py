@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 import sandbox.methods  # noqa: F401  (registers every method)
 from sandbox import protocol
-from sandbox.batch import run_batch
+from sandbox.batch import command_methods, run_batch
 from sandbox.engine import Sandbox
 from sandbox.events import EventDispatcher
 from sandbox.faults import Fault
@@ -193,6 +193,10 @@ class SandboxApp:
         self, spec: MethodSpec, params: dict[str, Any], auth: Auth, transport: str
     ) -> Response:
         fault = self.sandbox.faults.take(spec.name)
+        if fault is None and spec.name == "batch":
+            # A limit, auth or transport fault on a batched method fails the whole
+            # request, as the portal refuses it before running any command.
+            fault = self.sandbox.faults.take_for_batch(command_methods(params))
         extra = 0.0
         if fault is not None:
             early = await self._apply_fault_before(fault)

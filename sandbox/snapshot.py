@@ -22,6 +22,38 @@ def reset_portal(portal: Portal) -> None:
     seed_defaults(portal)
 
 
+# Not part of a snapshot, so a load keeps them: webhooks, OAuth tokens and the
+# auth server's state, and the event handlers bound so far.
+_KEPT_TABLES = ("eventhandler",)
+
+
+def _credentials(portal: Portal) -> dict[str, Any]:
+    return {
+        "webhooks": dict(portal.webhooks),
+        "oauth_tokens": dict(portal.oauth_tokens),
+        "refresh_tokens": dict(portal.refresh_tokens),
+        "oauth": portal.extras.get("oauth"),
+        "tables": {
+            name: [
+                (row_id, dict(row)) for row_id, row in portal.table(name).rows.items()
+            ]
+            for name in _KEPT_TABLES
+        },
+    }
+
+
+def _restore_credentials(portal: Portal, kept: dict[str, Any]) -> None:
+    portal.webhooks.update(kept["webhooks"])
+    portal.oauth_tokens.update(kept["oauth_tokens"])
+    portal.refresh_tokens.update(kept["refresh_tokens"])
+    if kept["oauth"] is not None:
+        portal.extras["oauth"] = kept["oauth"]
+    for name, rows in kept["tables"].items():
+        table = portal.table(name)
+        for row_id, row in rows:
+            table.insert(row, row_id)
+
+
 def _row_id(section: str, position: int, row: Any, id_field: str) -> int:
     if not isinstance(row, dict):
         raise ValueError(f"{section}[{position}]: a row must be a JSON object")
@@ -93,7 +125,9 @@ def load_snapshot(portal: Portal, snapshot: dict[str, Any]) -> dict[str, int]:
     settings = _checked_settings(snapshot)
     sections = _checked_sections(portal, snapshot)
 
+    kept = _credentials(portal)
     reset_portal(portal)
+    _restore_credentials(portal, kept)
     if "crm_mode" in settings:
         portal.crm_mode = settings["crm_mode"]
     counts: dict[str, int] = {}

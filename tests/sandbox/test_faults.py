@@ -242,14 +242,31 @@ class TestFaultsInBatch:
 
         assert result["result_time"]["a"]["duration"] >= 0.2
 
-    def test_page_faults_wait_for_a_direct_call(self, sandbox: RunningSandbox) -> None:
+    def test_an_html_page_on_a_batched_method_fails_the_whole_request(
+        self, sandbox: RunningSandbox
+    ) -> None:
         add_fault(sandbox, method="server.time", kind="html")
 
-        batched = sandbox.result("batch", {"cmd": {"a": "server.time"}})
+        batched = sandbox.call("batch", {"cmd": {"a": "scope", "b": "server.time"}})
         direct = sandbox.call("server.time")
 
-        assert batched["result_error"] == []
-        assert direct.status_code == 502
+        assert batched.status_code == 502
+        assert batched.headers["content-type"].startswith("text/html")
+        assert direct.status_code == 200
+
+    def test_a_rate_limit_fault_on_a_batched_method_is_a_503_for_the_batch(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        add_fault(sandbox, method="crm.deal.add", kind="error", times=2)
+
+        first = sandbox.call("batch", {"cmd": {"a": "crm.deal.add?fields[TITLE]=x"}})
+        second = sandbox.call("batch", {"cmd": {"a": "crm.deal.add?fields[TITLE]=x"}})
+        third = sandbox.call("batch", {"cmd": {"a": "crm.deal.add?fields[TITLE]=x"}})
+
+        assert [first.status_code, second.status_code] == [503, 503]
+        assert first.json()["error"] == "QUERY_LIMIT_EXCEEDED"
+        assert third.status_code == 200
+        assert sandbox.result("crm.deal.list", {"select": ["ID"]}) == [{"ID": "1"}]
 
     def test_a_fault_marked_not_in_batch_waits_for_a_direct_call(
         self, sandbox: RunningSandbox

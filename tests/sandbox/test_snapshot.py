@@ -277,3 +277,21 @@ class TestSnapshotAtStart:
 
         with pytest.raises(ValueError, match="unknown snapshot sections: dealz"):
             SandboxApp(SandboxOptions(snapshot=path))
+
+
+class TestWhatALoadKeeps:
+    def test_tokens_and_bound_handlers_survive_a_load(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        minted = sandbox.http.post("/_sandbox/oauth/tokens", json={"user_id": 1})
+        access_token = minted.json()["access_token"]
+        sandbox.call(
+            "event.bind", {"event": "ONCRMDEALADD", "handler": "https://h.test/in"}
+        )
+
+        sandbox.load({"deals": [deal(4)]})
+
+        answer = sandbox.http.get("/rest/user.current", params={"auth": access_token})
+        assert answer.status_code == 200
+        bound = sandbox.result("event.get")
+        assert [row["handler"] for row in bound] == ["https://h.test/in"]
