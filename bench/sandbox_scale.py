@@ -7,6 +7,7 @@ in the same run (the floor: HTTP, routing, auth and the envelope with no data wo
 from __future__ import annotations
 
 import random
+import socket
 import statistics
 import threading
 import time
@@ -75,14 +76,19 @@ def p95(samples: list[float]) -> float:
 
 
 def main() -> None:
-    port = 8899
+    with socket.socket() as probe:  # a free loopback port for this run
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
     app = SandboxApp(SandboxOptions(port=port, rate_limit="off"))
     server = uvicorn.Server(
         uvicorn.Config(app.build(), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
     while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise SystemExit("the sandbox did not start")
         time.sleep(0.01)
 
     base = f"http://127.0.0.1:{port}/rest/1/sandbox/"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -238,6 +239,8 @@ class SandboxApp:
         if fault.kind == "status":
             return _json(fault.body if fault.body is not None else {}, fault.status)
         if fault.kind == "html":
+            if isinstance(fault.body, str):
+                return Response(fault.body, fault.status, media_type="text/html")
             return _html_error_page(fault.status)
         if fault.kind == "redirect":
             # A renamed portal: the old host answers with a page, not JSON.
@@ -252,6 +255,21 @@ class SandboxApp:
         return None
 
     # -- controls ---------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        """What this server is and where its parts are, for a person with a browser."""
+        base = str(request.base_url).rstrip("/")
+        webhook = f"{base}/rest/{DEFAULT_WEBHOOK_USER}/{DEFAULT_WEBHOOK_TOKEN}/"
+        return JSONResponse(
+            {
+                "service": "leadloop Bitrix24 sandbox",
+                "webhook": webhook,
+                "oauth_token_endpoint": f"{base}/oauth/token/",
+                "controls": f"{base}/_sandbox/",
+                "rate_limit": self.sandbox.limiter.plan,
+                "timezone": self.options.timezone,
+            }
+        )
 
     async def get_snapshot(self, request: Request) -> Response:
         return _json(dump_snapshot(self.portal))
@@ -275,7 +293,7 @@ class SandboxApp:
         try:
             body = json.loads(await request.body())
             entries = body if isinstance(body, list) else [body]
-            faults = [Fault(**entry) for entry in entries]
+            faults = [_fault(entry) for entry in entries]
         except (ValueError, TypeError) as error:
             return _control_error(f"bad fault: {error}")
         for fault in faults:
@@ -340,6 +358,8 @@ class SandboxApp:
                 "/rest/{user_id}/{token}/{method}", self.rest_webhook, methods=methods
             ),
             Route("/rest/{method}", self.rest_oauth, methods=methods),
+            Route("/", self.index, methods=["GET"]),
+            Route("/_sandbox/", self.index, methods=["GET"]),
             Route("/_sandbox/snapshot", self.get_snapshot, methods=["GET"]),
             Route("/_sandbox/snapshot", self.post_snapshot, methods=["POST"]),
             Route("/_sandbox/faults", self.get_faults, methods=["GET"]),
@@ -359,6 +379,19 @@ class SandboxApp:
                 yield
 
         return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _fault(entry: Any) -> Fault:
+    if not isinstance(entry, dict):
+        raise ValueError("a fault must be a JSON object")
+    known = {item.name for item in dataclasses.fields(Fault)}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        listed = ", ".join(sorted(known))
+        raise ValueError(
+            f"unknown fault fields: {', '.join(unknown)} (known: {listed})"
+        )
+    return Fault(**entry)
 
 
 def _html_error_page(status: int) -> Response:
@@ -388,6 +421,15 @@ def serve(options: SandboxOptions) -> None:
     """Run the sandbox until interrupted (the `leadloop sandbox` command)."""
     import uvicorn
 
+    base = f"http://{options.host}:{options.port}"
+    webhook = f"{base}/rest/{DEFAULT_WEBHOOK_USER}/{DEFAULT_WEBHOOK_TOKEN}/"
+    print(  # noqa: T201  (the command's own output: where it listens)
+        f"Bitrix24 sandbox on {base}/\n"
+        f"  inbound webhook  {webhook}\n"
+        f"  controls         {base}/_sandbox/  (snapshot, faults, stats, reset)\n"
+        f"  rate limit       {options.rate_limit}",
+        flush=True,
+    )
     uvicorn.run(
         create_app(options),
         host=options.host,

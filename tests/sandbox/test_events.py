@@ -204,6 +204,7 @@ class TestEventBind:
             ("not a url", "ERROR_WRONG_HANDLER_URL"),
             ("", "ERROR_WRONG_HANDLER_URL"),
             ("https:///no-host", "ERROR_WRONG_HANDLER_URL"),
+            ("http://nodot/hook", "ERROR_WRONG_HANDLER_URL"),
             ("ftp://example.com/hook", "ERROR_UNSUPPORTED_PROTOCOL"),
         ],
     )

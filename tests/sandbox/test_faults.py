@@ -420,3 +420,26 @@ class TestReset:
         sandbox.reset()
 
         assert sandbox.http.get("/rest/5/extra/scope").status_code == 401
+
+
+class TestFaultDetails:
+    def test_an_html_fault_answers_the_page_it_was_given(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        page = "<html><body>Сервис недоступен</body></html>"
+        add_fault(sandbox, method="server.time", kind="html", status=503, body=page)
+
+        response = sandbox.call("server.time")
+
+        assert response.status_code == 503
+        assert response.text == page
+
+    def test_an_unknown_fault_field_is_named_in_a_400(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        response = sandbox.http.post(
+            "/_sandbox/faults", json={"method": "server.time", "time": 3}
+        )
+
+        assert response.status_code == 400
+        assert "unknown fault fields: time" in response.text

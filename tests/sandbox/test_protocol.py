@@ -588,3 +588,13 @@ class TestThroughCrmDeals:
 
         assert added.status_code == 200
         assert isinstance(added.json()["result"], int)
+
+
+class TestIndex:
+    def test_the_root_names_the_webhook_and_the_controls(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        index = sandbox.http.get("/").json()
+
+        assert index["webhook"] == sandbox.webhook
+        assert index["controls"] == f"{sandbox.base_url}/_sandbox/"
