@@ -6,14 +6,18 @@ only reads:
 | failure                                 | read        | write               |
 |-----------------------------------------|-------------|---------------------|
 | 503 QUERY_LIMIT_EXCEEDED (front end)    | back off    | back off            |
-| connection refused / never opened       | back off    | back off            |
+| connection refused / never opened       | back off for up to 60 s           |
+| 301/302 of a renamed portal             | follow to the new host (2 hops)   |
 | 429 OPERATION_TIME_LIMIT                | wait for the method's reset if known, near |
 | 401 expired_token (OAuth)               | refresh once, replay once         |
 | timeout, 5xx, HTML page, broken answer  | back off    | WriteOutcomeUnknown |
 | anything else                           | raise       | raise               |
 
-Backoff doubles from 0.5 s with up to 50 % jitter, at most 5 attempts in all. Every
-HTTP request first takes a slot from the portal's shared rate limiter.
+Backoff doubles from 0.5 s up to 8 s with up to 50 % jitter, at most 5 attempts that
+reached the portal. Attempts that never left (the connection was refused) are bounded
+by time instead, measured on the injected clock, so a portal restarting for half a
+minute is waited out. Every HTTP request first takes a slot from the portal's shared
+rate limiter.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
 import structlog
@@ -55,6 +60,9 @@ Clock = Callable[[], float]
 
 _JITTER = secrets.SystemRandom()
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# A renamed portal answers these from its old host and runs nothing there (§1.1);
+# they are followed. Any other 3xx is no answer of a portal: nothing ran either.
+_REDIRECTS = frozenset({301, 302, 307, 308})
 MAX_BATCH_COMMANDS = 50  # the 51st and later answer ERROR_BATCH_LENGTH_EXCEEDED
 
 # Methods that only read. Anything not recognised counts as a write, the safe side.
@@ -94,10 +102,18 @@ class RetryPolicy:
     # A method blocked by the operating limit is waited for only this long; beyond
     # it the caller gets OperationTimeLimited with `reset_at` and can defer the job.
     operating_wait_max_s: float = 60.0
+    # Requests that never left (connection refused or never opened) are sent again
+    # until this long after the first such failure, whatever `attempts` says: long
+    # enough to ride out a portal or proxy restart of half a minute.
+    unavailable_for_s: float = 60.0
+    # Redirects of a renamed portal followed for one request.
+    redirects: int = 2
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.first_delay_s <= 0:
             raise ValueError("a retry policy needs an attempt and a positive delay")
+        if self.unavailable_for_s < 0 or self.redirects < 0:
+            raise ValueError("unavailable_for_s and redirects cannot be negative")
 
     def delay(self, retry: int, jitter: float) -> float:
         """Seconds before retry number `retry` (1-based); `jitter` is in [0, 1)."""
@@ -169,6 +185,14 @@ class Bitrix24Client:
         # until a time (reference §6.2); both keyed by the lower-cased method.
         self._reset_at: dict[str, float] = {}
         self._blocked_until: dict[str, float] = {}
+        self._moved_to: str | None = None
+
+    @property
+    def moved_to(self) -> str | None:
+        """The portal's new origin (`https://host[:port]`) after it answered with a
+        redirect, or None. Requests go there from then on, the path unchanged; the
+        configured URL should be updated to it."""
+        return self._moved_to
 
     async def call(
         self, method: str, params: Mapping[str, object] | None = None
@@ -240,6 +264,8 @@ class Bitrix24Client:
         charged = list(charged)
         renewed = False
         attempt = 0
+        refusals = 0
+        refused_since: float | None = None
         while True:
             await self._wait_for_operating_limit(charged)
             endpoint = await self.credentials.endpoint()
@@ -259,6 +285,8 @@ class Bitrix24Client:
             except RateLimited as error:
                 failure = error
             except Unavailable as error:
+                if _is_redirect(error.status):
+                    raise  # a redirect that cannot be followed answers the same again
                 if error.sent and not read:
                     raise WriteOutcomeUnknown(
                         f"{method}: sent, but no usable answer ({error}); "
@@ -269,19 +297,36 @@ class Bitrix24Client:
                     ) from error
                 failure = error
 
-            if attempt >= self.retry.attempts:
+            if isinstance(failure, Unavailable) and not failure.sent:
+                attempt -= 1  # it never reached the portal: bounded by time instead
+                refusals += 1
+                if refused_since is None:
+                    refused_since = self._clock()
+                delay = self._refused_delay(failure, refusals, refused_since)
+            elif attempt >= self.retry.attempts:
                 raise failure
-            if isinstance(failure, OperationTimeLimited):
+            elif isinstance(failure, OperationTimeLimited):
                 continue  # the wait happens before the next attempt
-            delay = self.retry.delay(attempt, self._jitter())
+            else:
+                delay = self.retry.delay(attempt, self._jitter())
             log.warning(
                 "bitrix24.retry",
                 method=method,
-                attempt=attempt,
+                attempt=attempt + refusals,
                 reason=failure.code or type(failure).__name__,
                 delay_s=round(delay, 3),
             )
             await self._sleep(delay)
+
+    def _refused_delay(
+        self, failure: Unavailable, refusals: int, refused_since: float
+    ) -> float:
+        """The wait before sending again a request that never left; raises once the
+        portal has refused for `unavailable_for_s`."""
+        remaining = refused_since + self.retry.unavailable_for_s - self._clock()
+        if remaining <= 0:
+            raise failure
+        return min(self.retry.delay(refusals, self._jitter()), remaining)
 
     async def _post(
         self, endpoint: Endpoint, method: str, body: Mapping[str, object]
@@ -290,11 +335,24 @@ class Bitrix24Client:
         if endpoint.access_token is not None:
             payload["auth"] = endpoint.access_token
         content = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        base = self._current_base(endpoint.base_url)
+        response = await self._http_post(base + method, content, method)
+        for _ in range(self.retry.redirects):
+            if response.status_code not in _REDIRECTS:
+                break
+            base = self._follow(response, base, method)
+            await self.limiter.acquire()
+            response = await self._http_post(base + method, content, method)
+        return self._answer(response, method)
+
+    async def _http_post(self, url: str, content: str, method: str) -> httpx.Response:
         try:
-            response = await self.http.post(
-                endpoint.base_url + method,
+            return await self.http.post(
+                url,
                 content=content.encode("utf-8"),
                 headers={"Content-Type": "application/json; charset=utf-8"},
+                # httpx would turn a followed 302 into a GET without the body.
+                follow_redirects=False,
             )
         except httpx.HTTPError as error:
             # Only the exception's type is shown: its request holds the webhook URL.
@@ -303,6 +361,8 @@ class Bitrix24Client:
             never_sent = isinstance(error, _NOT_SENT)
             reason = f"{method}: {type(error).__name__}"
             raise Unavailable(reason, sent=not never_sent, method=method) from error
+
+    def _answer(self, response: httpx.Response, method: str) -> dict[str, Any]:
         answer = _json_or_none(response)
         if (
             response.status_code == 200
@@ -311,15 +371,40 @@ class Bitrix24Client:
             and "error" not in answer
         ):
             return answer
-        if 300 <= response.status_code < 400:
-            # A renamed portal answers 302 from its old host and runs nothing there.
-            raise Unavailable(
-                f"{method}: HTTP {response.status_code} redirect (portal renamed?)",
-                status=response.status_code,
-                method=method,
-                sent=False,
-            )
+        if response.status_code in _REDIRECTS:
+            raise _unfollowed(response, method, "too many redirects")
+        if _is_redirect(response.status_code):
+            raise _unfollowed(response, method, "not a redirect of a renamed portal")
         raise map_error(response.status_code, answer, method=method)
+
+    # -- a renamed portal -------------------------------------------------------------
+
+    def _current_base(self, base_url: str) -> str:
+        """The configured base URL, on the new host once the portal moved."""
+        if self._moved_to is None:
+            return base_url
+        return _on_origin(base_url, self._moved_to)
+
+    def _follow(self, response: httpx.Response, base: str, method: str) -> str:
+        """The base URL on the host `Location` names; our path and its secret stay."""
+        current = urlsplit(base)
+        target = urlsplit(urljoin(base, response.headers.get("location", "")))
+        if target.scheme not in ("http", "https") or not target.hostname:
+            raise _unfollowed(response, method, "no usable Location")
+        if current.scheme == "https" and target.scheme != "https":
+            raise _unfollowed(response, method, "Location leaves https")
+        origin = _origin(target)
+        if origin == _origin(current):
+            raise _unfollowed(response, method, "Location names the same host")
+        self._moved_to = origin
+        # Only the host: the path holds the webhook's secret code.
+        log.warning(
+            "bitrix24.redirect",
+            method=method,
+            status=response.status_code,
+            new_host=urlsplit(origin).netloc,
+        )
+        return _on_origin(base, origin)
 
     # -- the operating-time limit -----------------------------------------------------
 
@@ -400,6 +485,35 @@ class Bitrix24Client:
             next=_int_group(raw.get("result_next")),
             times=times,
         )
+
+
+def _is_redirect(status: int | None) -> bool:
+    return status is not None and 300 <= status < 400
+
+
+def _origin(url: SplitResult) -> str:
+    """`scheme://host[:port]`, without any user info the URL carried."""
+    host = url.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{host}{port}"
+
+
+def _on_origin(url: str, origin: str) -> str:
+    """`url` with the scheme and host of `origin`; path and query unchanged."""
+    moved = urlsplit(origin)
+    return urlunsplit(urlsplit(url)._replace(scheme=moved.scheme, netloc=moved.netloc))
+
+
+def _unfollowed(response: httpx.Response, method: str, why: str) -> Unavailable:
+    # Nothing ran on the old host; retrying would get the same redirect.
+    return Unavailable(
+        f"{method}: HTTP {response.status_code} redirect not followed ({why})",
+        status=response.status_code,
+        method=method,
+        sent=False,
+    )
 
 
 def _check_command_name(name: str) -> None:

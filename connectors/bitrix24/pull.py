@@ -11,6 +11,12 @@ A legacy portal silently drops filter keys it does not know, in any case but its
 and then returns *more* rows (§10). So filter and select keys are checked against the
 entity's `*.fields` before anything is sent, and the pull pages are checked too: ids
 must rise strictly from the last one seen, and no page may be longer than 50 rows.
+
+Beyond the legacy CRM lists the same paging serves `crm.item.list`, the stage history
+(`stage_history`, no fields method: a fixed field set, §7.7), `user.get` (`USERS`:
+the server filters `>ID` and sorts by ID unless told otherwise, srv
+`rest/lib/api/user.php`) and `tasks.task.list` (`TASKS`: UPPER names in, camelCase
+rows out).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from connectors.bitrix24.client import BatchResult, Bitrix24Client, Command
 from connectors.bitrix24.encoding import BatchRef
 from connectors.bitrix24.errors import IncompletePull, UnknownField
+from connectors.bitrix24.models import RowModel, validate_row
 
 PAGE_SIZE = 50  # fixed by the portal for every list method
 MAX_PAGES_PER_BATCH = 50  # the portal runs at most 50 commands of a batch
@@ -35,6 +42,9 @@ _FILTER_KEY = re.compile(
 # Keys of nested groups and their combinator in crm.item filters.
 _GROUP_KEY = re.compile(r"\d+")
 _LOGIC_KEY = "logic"
+
+
+FieldMap = Mapping[str, Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -52,12 +62,38 @@ class ListedEntity:
     fixed_params: Mapping[str, object] = field(default_factory=dict)
     # crm.item accepts nested groups with "logic"; legacy lists do not.
     nested_filters: bool = False
+    # The id as rows carry it, where it differs from `id_field` (tasks: "id").
+    row_id_field: str | None = None
+    # Lists without a fields method (crm.stagehistory.list): their fixed fields.
+    fixed_fields: FieldMap | None = None
+    # Keys the list filters on although its fields method does not name them.
+    filter_only: frozenset[str] = frozenset()
+    # What no select asks for, and the wildcards a select may use; () sends none.
+    default_select: tuple[str, ...] = ("*", "UF_*")
+    # How the list sorts by id ascending; None: {"order": {id_field: "ASC"}}.
+    order_params: Mapping[str, object] | None = None
+
+    @property
+    def row_id(self) -> str:
+        """The id's key in a row."""
+        return self.row_id_field or self.id_field
+
+    @property
+    def fields_source(self) -> str:
+        """Where the known fields come from, for error messages."""
+        return self.fields_method or f"the fixed fields of {self.list_method}"
+
+    def ordering(self) -> Mapping[str, object]:
+        """The parameters that sort the list by id ascending."""
+        if self.order_params is not None:
+            return self.order_params
+        return {"order": {self.id_field: "ASC"}}
 
     def last_id_ref(self, command: str) -> BatchRef:
         """The id of the 50th row of `command`'s page."""
         if self.rows_key is None:
-            return BatchRef(command, PAGE_SIZE - 1, self.id_field)
-        return BatchRef(command, self.rows_key, PAGE_SIZE - 1, self.id_field)
+            return BatchRef(command, PAGE_SIZE - 1, self.row_id)
+        return BatchRef(command, self.rows_key, PAGE_SIZE - 1, self.row_id)
 
 
 def _legacy(name: str) -> ListedEntity:
@@ -80,10 +116,93 @@ def crm_item(entity_type_id: int) -> ListedEntity:
         fields_key="fields",
         fixed_params={"entityTypeId": entity_type_id},
         nested_filters=True,
+        default_select=("*",),
     )
 
 
-FieldMap = Mapping[str, Mapping[str, Any]]
+def _fixed(types: Mapping[str, str]) -> FieldMap:
+    return {name: {"type": kind} for name, kind in types.items()}
+
+
+# crm.stagehistory.list has no fields method; its filter refuses any other name with
+# INVALID_ARG_VALUE (reference §7.7, srv crm/lib/controller/stagehistory.php).
+_HISTORY_COMMON = {
+    "ID": "integer",
+    "TYPE_ID": "integer",
+    "OWNER_ID": "integer",
+    "CREATED_TIME": "datetime",
+}
+LEAD_HISTORY_FIELDS = _fixed(
+    {**_HISTORY_COMMON, "STATUS_ID": "crm_status", "STATUS_SEMANTIC_ID": "string"}
+)
+DEAL_HISTORY_FIELDS = _fixed(
+    {
+        **_HISTORY_COMMON,
+        "CATEGORY_ID": "crm_category",
+        "STAGE_ID": "crm_status",
+        "STAGE_SEMANTIC_ID": "string",
+    }
+)
+LEAD_TYPE_ID = 1
+# Types whose history has stages: deals, smart invoices, smart processes.
+_STAGED_TYPES = (2, 31)
+_FIRST_SMART_PROCESS = 128
+
+
+def stage_history(entity_type_id: int) -> ListedEntity:
+    """`crm.stagehistory.list` of leads (1, statuses) or deals (2, stages)."""
+    if entity_type_id == LEAD_TYPE_ID:
+        fields = LEAD_HISTORY_FIELDS
+    elif entity_type_id in _STAGED_TYPES or entity_type_id >= _FIRST_SMART_PROCESS:
+        fields = DEAL_HISTORY_FIELDS
+    else:
+        raise ValueError(f"no stage history for entity type {entity_type_id}")
+    return ListedEntity(
+        f"stagehistory:{entity_type_id}",
+        "crm.stagehistory.list",
+        "",
+        "ID",
+        rows_key="items",
+        fixed_params={"entityTypeId": entity_type_id},
+        fixed_fields=fields,
+        default_select=tuple(fields),
+    )
+
+
+# user.get reads its whole query in upper case, sorts only by SORT and ORDER given
+# together (ID ascending otherwise) and filters `>ID` like any allowed key. A few
+# keys filter without being fields: srv `User::userGet` adds them to the allowed list.
+USERS = ListedEntity(
+    "user",
+    "user.get",
+    "user.fields",
+    "ID",
+    filter_only=frozenset(
+        {"IS_ONLINE", "HAS_DEPARTAMENT", "NAME_SEARCH", "EXTERNAL_AUTH_ID"}
+    ),
+    order_params={"sort": "ID", "order": "ASC"},
+)
+
+# tasks.task.list: filter, select and order in UPPER, rows camelCase under "tasks"
+# with string ids; without a select it answers its default fields (reference §7.8).
+TASKS = ListedEntity(
+    "task",
+    "tasks.task.list",
+    "tasks.task.getFields",
+    "ID",
+    rows_key="tasks",
+    fields_key="fields",
+    row_id_field="id",
+    # Filters on the real status; STATUS there is the shown one (-1 overdue).
+    filter_only=frozenset({"REAL_STATUS"}),
+    default_select=(),
+)
+
+NAMED_ENTITIES: dict[str, ListedEntity] = {
+    **LEGACY_ENTITIES,
+    USERS.name: USERS,
+    TASKS.name: TASKS,
+}
 
 
 class Puller:
@@ -100,6 +219,8 @@ class Puller:
 
     async def fields(self, entity: ListedEntity) -> FieldMap:
         """The entity's fields as `*.fields` describes them, fetched once."""
+        if entity.fixed_fields is not None:
+            return entity.fixed_fields
         known = self._fields.get(entity.name)
         if known is not None:
             return known
@@ -146,6 +267,20 @@ class Puller:
                     return
                 last_id = ids[-1]
 
+    async def pull_models(
+        self,
+        entity: str | ListedEntity,
+        model: type[RowModel],
+        filter: Mapping[str, object] | None = None,
+        select: Sequence[str] | None = None,
+        *,
+        after_id: int = 0,
+    ) -> AsyncIterator[RowModel]:
+        """`pull` with every row validated as `model`; a bad row raises InvalidRow."""
+        rows = self.pull(entity, filter, select, after_id=after_id)
+        async for row in rows:
+            yield validate_row(model, row)
+
     def _chain(
         self,
         spec: ListedEntity,
@@ -156,13 +291,14 @@ class Puller:
         commands: dict[str, Command] = {}
         for page in range(self.pages_per_batch):
             above: object = last_id if page == 0 else spec.last_id_ref(f"p{page - 1}")
-            params = {
+            params: dict[str, object] = {
                 **spec.fixed_params,
-                "order": {spec.id_field: "ASC"},
+                **spec.ordering(),
                 "filter": {**checked_filter, f">{spec.id_field}": above},
-                "select": columns,
-                "start": -1,
             }
+            if columns:
+                params["select"] = columns
+            params["start"] = -1
             commands[f"p{page}"] = Command(spec.list_method, params)
         return commands
 
@@ -183,9 +319,9 @@ def resolve_entity(entity: str | ListedEntity) -> ListedEntity:
     if isinstance(entity, ListedEntity):
         return entity
     try:
-        return LEGACY_ENTITIES[entity]
+        return NAMED_ENTITIES[entity]
     except KeyError:
-        known = ", ".join(sorted(LEGACY_ENTITIES))
+        known = ", ".join(sorted(NAMED_ENTITIES))
         raise ValueError(f"unknown entity {entity!r} (known: {known})") from None
 
 
@@ -215,7 +351,7 @@ def check_filter(
                 f"{spec.name}: the pull pages by {spec.id_field} itself; "
                 "pass after_id instead of a lower bound"
             )
-        checked[key] = _filter_value(fields[name], value)
+        checked[key] = _filter_value(fields.get(name, {}), value)
     return checked
 
 
@@ -227,8 +363,10 @@ def check_select(
         raise TypeError("select is a list of field names, not one string")
     # Without a select the legacy portal returns standard and custom fields; say so
     # explicitly. crm.item's "*" already includes custom fields.
-    wildcards = ["*"] if spec.rows_key is not None else ["*", "UF_*"]
-    columns = list(select) if select else list(wildcards)
+    wildcards = spec.default_select
+    if not select:
+        return list(wildcards)
+    columns = list(select)
     for name in columns:
         if name not in wildcards and name not in fields:
             raise _unknown(spec, fields, "select", name, name)
@@ -242,7 +380,7 @@ def _filter_field(spec: ListedEntity, fields: FieldMap, key: str) -> tuple[str, 
     if match is None:
         raise UnknownField(f"{spec.name}: filter key {key!r} is not FIELD or opFIELD")
     name = match["field"]
-    if name not in fields:
+    if name not in fields and name not in spec.filter_only:
         raise _unknown(spec, fields, "filter", key, name)
     return name, match["op"] or "="
 
@@ -260,8 +398,8 @@ def _unknown(
     same_letters = [known for known in fields if known.lower() == name.lower()]
     hint = f"; the field is spelled {same_letters[0]!r}" if same_letters else ""
     return UnknownField(
-        f"{spec.name}: {where} key {key!r} names no field of {spec.fields_method}"
-        f"{hint} (the portal would ignore it silently)",
+        f"{spec.name}: {where} key {key!r} names no field of {spec.fields_source}"
+        f"{hint} (the portal would ignore it or fail)",
         code="UNKNOWN_FIELD",
         method=spec.list_method,
     )
@@ -312,12 +450,12 @@ def _checked_ids(
 
 
 def _row_id(spec: ListedEntity, row: object) -> int:
-    value = row.get(spec.id_field) if isinstance(row, dict) else None
+    value = row.get(spec.row_id) if isinstance(row, dict) else None
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.isdigit():
         return int(value)
     raise IncompletePull(
-        f"{spec.list_method}: a row without a numeric {spec.id_field}",
+        f"{spec.list_method}: a row without a numeric {spec.row_id}",
         method=spec.list_method,
     )

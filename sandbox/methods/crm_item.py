@@ -417,6 +417,50 @@ def _user_scalar(info: FieldInfo, value: Any) -> Any:
     return value
 
 
+# -- crm.item.fields -----------------------------------------------------------------
+
+# Legacy field types that the engine describes otherwise: Y/N chars are booleans.
+_ITEM_FIELD_TYPES = {"char": "boolean"}
+OBSERVERS_FIELD = FieldInfo("OBSERVERS", "user", "Observers", "int", multiple=True)
+
+
+def item_field(info: FieldInfo, item_name: str) -> dict[str, Any]:
+    """One entry of `crm.item.fields`: the legacy description, engine-typed, with the
+    field's UPPER name (the item name converted, `createdBy` -> `CREATED_BY`)."""
+    entry: dict[str, Any] = {
+        "type": _ITEM_FIELD_TYPES.get(info.type, info.type),
+        "isRequired": info.required,
+        "isReadOnly": info.read_only,
+        "isImmutable": info.immutable,
+        "isMultiple": info.multiple,
+        "isDynamic": info.dynamic,
+    }
+    if info.deprecated:
+        entry["isDeprecated"] = True
+    entry["title"] = info.title
+    if info.settings is not None:
+        entry["settings"] = dict(info.settings)
+    if info.status_type is not None:
+        entry["statusType"] = info.status_type
+    entry["upperName"] = upper_name(item_name)
+    return entry
+
+
+@method("crm.item.fields", scope="crm")
+def item_fields(call: Call) -> MethodResult:
+    """`{"fields": {itemName: {...}}}`; `useOriginalUfNames=Y` keeps `UF_CRM_…` keys."""
+    item_type = item_type_of(call)
+    schema = ItemSchema(call.portal, item_type)
+    original_uf = call.params.get("useOriginalUfNames") == "Y"
+
+    fields: dict[str, Any] = {}
+    for legacy, info in schema.fields.items():
+        name = legacy if original_uf and info.dynamic else schema.item_names[legacy]
+        fields[name] = item_field(info, schema.item_names[legacy])
+    fields["observers"] = item_field(OBSERVERS_FIELD, "observers")
+    return MethodResult({"fields": fields})
+
+
 # -- crm.item.list / get --------------------------------------------------------------
 
 

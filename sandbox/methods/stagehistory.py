@@ -64,7 +64,12 @@ def stagehistory_list(call: Call) -> MethodResult:
     wanted = engine_filter(raw_filter, lambda name: name if name in allowed else None)
     _check_datetimes(call, raw_filter)
     own_type = Condition("ENTITY_TYPE_ID", "=", entity_type_id)
-    node = Group((own_type, wanted))
+    # An AND filter joins the type at the top level, where a `>ID` bound lets the
+    # list start at that id instead of testing every row below it.
+    if wanted.logic.upper() == "AND":
+        node = Group((own_type, *wanted.items))
+    else:
+        node = Group((own_type, wanted))
 
     table = call.portal.table("stagehistory")
     page_ids, window = engine_list(

@@ -382,6 +382,96 @@ def list_answer(
     return answer
 
 
+# -- tasks.task.getFields ---------------------------------------------------------
+
+_YES_NO = {"Y": "Yes", "N": "No"}
+# (name, title, type, extras) in the order the docs' recorded answer lists them
+# (apidocs tasks-task-get-fields.md); `values` and `default` as printed there.
+_TASK_FIELDS: tuple[tuple[str, str | None, str, dict[str, Any]], ...] = (
+    ("ID", "ID", "integer", {"primary": True}),
+    ("PARENT_ID", "Base task ID", "integer", {"default": 0}),
+    ("TITLE", "Title", "string", {"required": True}),
+    ("DESCRIPTION", "Description", "string", {}),
+    ("MARK", "Rating", "enum",
+     {"values": {"N": "Negative", "P": "Positive"}, "default": None}),
+    ("PRIORITY", "Priority", "enum",
+     {"values": {"2": "High", "1": "Medium", "0": "Low"}, "default": 1}),
+    ("STATUS", "Status", "enum",
+     {"values": {"2": "Pending", "3": "In Progress", "4": "Awaiting Control",
+                 "5": "Completed", "6": "Deferred"}, "default": 2}),
+    ("MULTITASK", "Multitask", "enum", {"values": _YES_NO, "default": "N"}),
+    ("NOT_VIEWED", None, "enum", {"values": _YES_NO, "default": "N"}),
+    ("REPLICATE", "Recurring task", "enum", {"values": _YES_NO, "default": "N"}),
+    ("GROUP_ID", "Project", "integer", {"default": 0}),
+    ("STAGE_ID", "Stage", "integer", {"default": 0}),
+    ("SPRINT_ID", "Sprint", "integer", {"default": 0}),
+    ("BACKLOG_ID", "Backlog", "integer", {"default": 0}),
+    ("CREATED_BY", "Creator", "integer", {"required": True}),
+    ("CREATED_DATE", None, "datetime", {}),
+    ("RESPONSIBLE_ID", "Assignee", "integer", {"required": True}),
+    ("ACCOMPLICES", None, "array", {}),
+    ("AUDITORS", None, "array", {}),
+    ("CHANGED_BY", "Changed by", "integer", {}),
+    ("CHANGED_DATE", "Change date", "datetime", {}),
+    ("STATUS_CHANGED_BY", "Status changed by", "integer", {}),
+    ("STATUS_CHANGED_DATE", "Status change date", "datetime", {}),
+    ("CLOSED_BY", "Closed by", "integer", {"default": None}),
+    ("CLOSED_DATE", "Closing date", "datetime", {"default": None}),
+    ("ACTIVITY_DATE", None, "datetime", {"default": None}),
+    ("DATE_START", "Start date", "datetime", {"default": None}),
+    ("DEADLINE", "Deadline", "datetime", {"default": None}),
+    ("START_DATE_PLAN", "Planned start", "datetime", {"default": None}),
+    ("END_DATE_PLAN", "Planned completion", "datetime", {"default": None}),
+    ("GUID", "GUID", "string", {"default": None}),
+    ("XML_ID", "XML_ID", "string", {"default": None}),
+    ("COMMENTS_COUNT", "Number of comments", "integer", {"default": 0}),
+    ("SERVICE_COMMENTS_COUNT", None, "integer", {"default": 0}),
+    ("NEW_COMMENTS_COUNT", None, "integer", {"default": 0}),
+    ("ALLOW_CHANGE_DEADLINE", None, "enum", {"values": _YES_NO, "default": "N"}),
+    ("ALLOW_TIME_TRACKING", None, "enum", {"values": _YES_NO, "default": "N"}),
+    ("TASK_CONTROL", "Accept work", "enum", {"values": _YES_NO, "default": "N"}),
+    ("ADD_IN_REPORT", "Add to report", "enum", {"values": _YES_NO, "default": "N"}),
+    ("FORKED_BY_TEMPLATE_ID", "Created from template", "enum",
+     {"values": _YES_NO, "default": "N"}),
+    ("TIME_ESTIMATE", "Estimated time", "integer", {}),
+    ("TIME_SPENT_IN_LOGS", "Time spent from change history", "integer", {}),
+    ("MATCH_WORK_TIME", "Skip weekends", "integer", {}),
+    ("FORUM_TOPIC_ID", "FORUM_TOPIC_ID", "integer", {}),
+    ("FORUM_ID", "FORUM_ID", "integer", {}),
+    ("SITE_ID", "SITE_ID", "string", {}),
+    ("SUBORDINATE", "Subordinate task", "enum", {"values": _YES_NO, "default": None}),
+    ("FAVORITE", None, "enum", {"values": _YES_NO, "default": None}),
+    ("EXCHANGE_MODIFIED", "EXCHANGE_MODIFIED", "datetime", {"default": None}),
+    ("EXCHANGE_ID", "EXCHANGE_ID", "integer", {"default": None}),
+    ("OUTLOOK_VERSION", "OUTLOOK_VERSION", "integer", {"default": None}),
+    ("VIEWED_DATE", "Last viewed date", "datetime", {}),
+    ("SORTING", "Sorting index", "double", {}),
+    ("DURATION_PLAN", "Spent (planned)", "integer", {}),
+    ("DURATION_FACT", "Spent (actual)", "integer", {}),
+    ("CHECKLIST", None, "array", {}),
+    ("DURATION_TYPE", "DURATION_TYPE", "enum",
+     {"values": ["secs", "mins", "hours", "days", "weeks", "monts", "years"],
+      "default": "days"}),
+    ("IS_MUTED", None, "enum", {"values": _YES_NO, "default": "N"}),
+    ("IS_PINNED", None, "enum", {"values": _YES_NO, "default": "N"}),
+    ("IS_PINNED_IN_GROUP", None, "enum", {"values": _YES_NO, "default": "N"}),
+    ("FLOW_ID", "Flow", "integer", {"default": 0}),
+    ("UF_CRM_TASK", "CRM entities", "crm", {}),
+    ("UF_TASK_WEBDAV_FILES", "Upload files", "disk_file", {}),
+    ("UF_MAIL_MESSAGE", None, "mail_message", {}),
+)  # fmt: skip
+
+
+@method("tasks.task.getFields", scope="task")
+def task_get_fields(call: Call) -> MethodResult:
+    """`{"fields": {UPPER_NAME: {title, type, …}}}`: standard and user fields."""
+    fields = {
+        name: {"title": title, "type": kind, **extras}
+        for name, title, kind, extras in _TASK_FIELDS
+    }
+    return MethodResult({"fields": fields})
+
+
 # -- methods ------------------------------------------------------------------------
 
 
@@ -505,9 +595,12 @@ def task_list(call: Call) -> MethodResult:
     portal = call.portal
     table = portal.table(TABLE)
     task_filter = params.get("filter")
-    matches = _filtered_ids(
-        table, portal, task_filter if isinstance(task_filter, dict) else {}
-    )
+    task_filter = task_filter if isinstance(task_filter, dict) else {}
+    # Without a count, in id order, the page is the first 50 matches: a keyset pull
+    # (`>ID`, order ID ASC, start=-1) reads 50 rows, not the whole table.
+    by_id = [(str(key).upper(), str(way).upper()) for key, way in order.items()]
+    enough = PAGE_SIZE if call.start == -1 and by_id == [("ID", "ASC")] else None
+    matches = _filtered_ids(table, portal, task_filter, limit=enough)
     ordered = _ordered_ids(table, portal, matches, order)
 
     offset = (max(call.start, 0) // PAGE_SIZE) * PAGE_SIZE
@@ -536,15 +629,40 @@ def _split_key(key: str) -> tuple[str, str]:
 
 
 def _filtered_ids(
-    table: Table, portal: Portal, task_filter: dict[str, Any]
+    table: Table,
+    portal: Portal,
+    task_filter: dict[str, Any],
+    *,
+    limit: int | None = None,
 ) -> list[int]:
+    """Matching ids in id order; the first `limit` of them when a limit is given."""
     tests = []
     for raw_key, value in task_filter.items():
         op, field = _split_key(str(raw_key))
         test = _field_test(table, portal, op, field, value)
         if test is not None:
             tests.append(test)
-    return [task_id for task_id in table.ids() if all(test(task_id) for test in tests)]
+    found: list[int] = []
+    for task_id in table.ids_above(_id_floor(task_filter)):
+        if all(test(task_id) for test in tests):
+            found.append(task_id)
+            if limit is not None and len(found) >= limit:
+                break
+    return found
+
+
+def _id_floor(task_filter: dict[str, Any]) -> int:
+    """The highest `>ID` / `>=ID` bound of the filter; 0 when it has none."""
+    floor = 0
+    for raw_key, value in task_filter.items():
+        op, field = _split_key(str(raw_key))
+        if field != "ID" or isinstance(value, list | dict):
+            continue
+        if op == ">":
+            floor = max(floor, intval(value))
+        elif op == ">=":
+            floor = max(floor, intval(value) - 1)
+    return floor
 
 
 def _field_test(table: Table, portal: Portal, op: str, field: str, value: Any) -> Any:

@@ -393,6 +393,34 @@ def _shown_fields(row: dict[str, Any], allowed: list[str], select: Any) -> list[
     return chosen
 
 
+# -- user.fields --------------------------------------------------------------------
+
+# `User::getFields` answers each allowed key with its label from the admin pages' lang
+# files; keys without one are their own label. English labels as a portal shows them.
+USER_FIELD_LABELS = {
+    "ID": "ID", "ACTIVE": "Active", "NAME": "First name", "LAST_NAME": "Last name",
+    "SECOND_NAME": "Second name", "TITLE": "Salutation", "EMAIL": "E-mail",
+    "LAST_LOGIN": "Last login", "DATE_REGISTER": "Registered on",
+    "TIME_ZONE": "Time zone", "IS_ONLINE": "Online", "TIMESTAMP_X": "Modified on",
+    "PERSONAL_GENDER": "Gender", "PERSONAL_BIRTHDAY": "Date of birth",
+    "PERSONAL_PHOTO": "Photo", "PERSONAL_PHONE": "Phone",
+    "PERSONAL_MOBILE": "Mobile", "PERSONAL_CITY": "City",
+    "WORK_PHONE": "Work phone", "WORK_COMPANY": "Company",
+    "WORK_POSITION": "Position", "WORK_DEPARTMENT": "Department",
+    "UF_DEPARTMENT": "Departments", "USER_TYPE": "User type",
+}  # fmt: skip
+
+
+@method("user.fields", scope="user_brief")
+def user_fields_method(call: Call) -> MethodResult:
+    """`{KEY: label}` for every key `user.get` may show with the caller's scopes."""
+    allowed = allowed_user_fields(call.auth.scopes)
+    if "user" in call.auth.scopes:
+        custom = {key for row in call.portal.table("user") for key in row}
+        allowed += sorted(key for key in custom if key.startswith("UF_USR_"))
+    return MethodResult({key: USER_FIELD_LABELS.get(key, key) for key in allowed})
+
+
 @method("user.current", scope="user_brief")
 def user_current(call: Call) -> MethodResult:
     row = call.portal.table("user").get(call.user_id)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import respx
+import structlog
 from redis.asyncio import Redis
 
 from connectors.bitrix24.auth import WebhookCredentials
@@ -34,9 +36,10 @@ from connectors.bitrix24.errors import (
 )
 from connectors.bitrix24.ratelimit import PortalRateLimiter
 from sandbox.phpform import parse_str
+from sandbox.server import SandboxOptions
 from tests.connectors.bitrix24.conftest import MOSCOW, Sleeps, Wire
 from tests.fixtures import load_fixture
-from tests.sandbox.conftest import RunningSandbox, free_port
+from tests.sandbox.conftest import RunningSandbox, free_port, running_sandbox
 
 PORTAL = "https://example.bitrix24.ru/rest/1/s3cretc0de/"
 TIME = {"start": 1736110000, "finish": 1736110000.1, "duration": 0.1}
@@ -67,6 +70,17 @@ class FakeClock:
         return self.now
 
 
+@dataclass
+class TickingSleeps(Sleeps):
+    """A fake sleep that moves the fake clock on by the time slept."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self.clock.now += seconds
+
+
 @pytest.fixture
 async def portal_http() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=5.0) as client:
@@ -76,6 +90,11 @@ async def portal_http() -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def sleeps(clock: FakeClock) -> TickingSleeps:
+    return TickingSleeps(clock=clock)
 
 
 @pytest.fixture
@@ -93,7 +112,7 @@ def client(
 
 
 @pytest.fixture
-def mock() -> respx.MockRouter:
+def mock() -> Iterator[respx.MockRouter]:
     with respx.mock(base_url=PORTAL, assert_all_called=False) as router:
         yield router
 
@@ -505,6 +524,265 @@ class TestRetries:
         assert "s3cretc0de" not in caplog.text
 
 
+class TestAPortalThatRefusesConnections:
+    @staticmethod
+    def refused_until(clock: FakeClock, until: float, then: httpx.Response) -> Any:
+        """A respx side effect: connections refused until the clock reaches `until`."""
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            if clock.now < until:
+                raise httpx.ConnectError("connection refused", request=request)
+            return then
+
+        return answer
+
+    async def test_a_thirty_second_outage_is_ridden_out_by_a_write(
+        self,
+        client: Bitrix24Client,
+        mock: respx.MockRouter,
+        sleeps: TickingSleeps,
+        clock: FakeClock,
+    ) -> None:
+        back_at = clock.now + 30
+        route = mock.post("crm.contact.add").mock(
+            side_effect=self.refused_until(clock, back_at, ok(501))
+        )
+
+        contact_id = await client.call("crm.contact.add", {"fields": {"NAME": "A"}})
+
+        assert contact_id == 501
+        # 0.5 + 1 + 2 + 4 + 8 + 8 + 8 = 31.5 s: the try after the outage answers.
+        assert sleeps.delays == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+        assert route.call_count == 8
+
+    async def test_waits_between_tries_never_exceed_the_cap(
+        self,
+        portal_http: httpx.AsyncClient,
+        mock: respx.MockRouter,
+        sleeps: TickingSleeps,
+        clock: FakeClock,
+    ) -> None:
+        policy = RetryPolicy(max_delay_s=3.0, unavailable_for_s=20.0)
+        client = Bitrix24Client(
+            portal_http,
+            WebhookCredentials(PORTAL),
+            portal_zone=MOSCOW,
+            retry=policy,
+            sleep=sleeps,
+            clock=clock,
+            jitter=lambda: 0.999,
+        )
+        mock.post("server.time").mock(side_effect=httpx.ConnectError("refused"))
+
+        with pytest.raises(Unavailable) as caught:
+            await client.call("server.time")
+
+        assert caught.value.sent is False
+        assert max(sleeps.delays) <= 3.0 * 1.5  # the cap, plus at most half in jitter
+        assert sum(sleeps.delays) == pytest.approx(20.0)
+
+    async def test_the_deadline_counts_from_the_first_refusal_not_the_call(
+        self,
+        client: Bitrix24Client,
+        mock: respx.MockRouter,
+        sleeps: TickingSleeps,
+        clock: FakeClock,
+    ) -> None:
+        # Two rate-limit answers (4.5 s of waits), then a portal that stays down.
+        route = mock.post("crm.deal.list").mock(
+            side_effect=[httpx.Response(503, json=QUERY_LIMIT)] * 2
+            + [httpx.ConnectError("refused")] * 50
+        )
+
+        with pytest.raises(Unavailable):
+            await client.call("crm.deal.list")
+
+        refusals = sleeps.delays[2:]
+        assert sleeps.delays[:2] == [0.5, 1.0]
+        assert sum(refusals) == pytest.approx(60.0)
+        assert route.call_count == 2 + len(refusals) + 1
+
+    async def test_sent_failures_still_stop_after_five_attempts(
+        self, client: Bitrix24Client, mock: respx.MockRouter, sleeps: TickingSleeps
+    ) -> None:
+        refused = [httpx.ConnectError("refused")] * 3
+        route = mock.post("crm.deal.list").mock(
+            side_effect=[*refused, *[httpx.Response(503, json=QUERY_LIMIT)] * 9]
+        )
+
+        with pytest.raises(RateLimited):
+            await client.call("crm.deal.list")
+
+        assert route.call_count == 3 + RetryPolicy().attempts
+
+    async def test_a_zero_window_gives_up_at_the_first_refusal(
+        self, portal_http: httpx.AsyncClient, mock: respx.MockRouter, sleeps: Sleeps
+    ) -> None:
+        client = Bitrix24Client(
+            portal_http,
+            WebhookCredentials(PORTAL),
+            portal_zone=MOSCOW,
+            retry=RetryPolicy(unavailable_for_s=0.0),
+            sleep=sleeps,
+        )
+        route = mock.post("crm.deal.list").mock(side_effect=httpx.ConnectError("x"))
+
+        with pytest.raises(Unavailable):
+            await client.call("crm.deal.list")
+
+        assert route.call_count == 1
+        assert sleeps.delays == []
+
+    @pytest.mark.parametrize(
+        "policy", [{"unavailable_for_s": -1.0}, {"redirects": -1}, {"attempts": 0}]
+    )
+    def test_a_policy_that_cannot_work_is_refused(self, policy: dict[str, Any]) -> None:
+        with pytest.raises(ValueError, match=r"cannot|needs"):
+            RetryPolicy(**policy)
+
+
+RENAMED = "https://renamed.bitrix24.ru/rest/1/s3cretc0de/"
+
+
+class TestARenamedPortal:
+    @staticmethod
+    def moved(location: str, status: int = 302) -> httpx.Response:
+        page = f'<html><body>Moved to <a href="{location}">here</a></body></html>'
+        return httpx.Response(
+            status,
+            text=page,
+            headers={"Location": location, "Content-Type": "text/html"},
+        )
+
+    async def test_the_request_is_sent_again_to_the_new_host_as_it_was(
+        self, client: Bitrix24Client, mock: respx.MockRouter
+    ) -> None:
+        old = mock.post("crm.deal.add").mock(
+            return_value=self.moved(RENAMED + "crm.deal.add.json")
+        )
+        with respx.mock(base_url=RENAMED) as renamed:
+            new = renamed.post("crm.deal.add").mock(return_value=ok(77))
+
+            with structlog.testing.capture_logs() as logs:
+                deal_id = await client.call("crm.deal.add", {"fields": {"TITLE": "A"}})
+
+        assert deal_id == 77
+        assert old.call_count == 1
+        assert sent(new) == sent(old) == [{"fields": {"TITLE": "A"}}]
+        assert client.moved_to == "https://renamed.bitrix24.ru"
+        redirect = [entry for entry in logs if entry["event"] == "bitrix24.redirect"]
+        assert redirect == [
+            {
+                "event": "bitrix24.redirect",
+                "log_level": "warning",
+                "method": "crm.deal.add",
+                "status": 302,
+                "new_host": "renamed.bitrix24.ru",
+            }
+        ]
+        assert "s3cretc0de" not in repr(logs)
+
+    async def test_later_calls_go_to_the_new_host_directly(
+        self, client: Bitrix24Client, mock: respx.MockRouter
+    ) -> None:
+        old = mock.post("server.time").mock(return_value=self.moved(RENAMED, 301))
+        with respx.mock(base_url=RENAMED) as renamed:
+            new = renamed.post("server.time").mock(return_value=ok("now"))
+
+            for _ in range(3):
+                await client.call("server.time")
+
+        assert (old.call_count, new.call_count) == (1, 3)
+
+    async def test_two_hops_are_followed_a_third_is_not(
+        self, client: Bitrix24Client, mock: respx.MockRouter, sleeps: Sleeps
+    ) -> None:
+        hops = [f"https://hop{n}.bitrix24.ru/rest/1/s3cretc0de/" for n in (1, 2, 3)]
+        mock.post("server.time").mock(return_value=self.moved(hops[0]))
+        with respx.mock(assert_all_called=False) as others:
+            others.post(hops[0] + "server.time").mock(return_value=self.moved(hops[1]))
+            last = others.post(hops[1] + "server.time").mock(
+                return_value=self.moved(hops[2])
+            )
+
+            with pytest.raises(Unavailable, match="too many redirects") as caught:
+                await client.call("server.time")
+
+        assert last.call_count == 1
+        assert caught.value.sent is False
+        assert sleeps.delays == []  # the same redirect would come back
+
+    @pytest.mark.parametrize(
+        ("location", "why"),
+        [
+            ("http://renamed.bitrix24.ru/rest/1/s3cretc0de/", "leaves https"),
+            ("", "same host"),
+            ("ftp://renamed.bitrix24.ru/", "no usable Location"),
+            (PORTAL + "crm.deal.list", "same host"),
+        ],
+    )
+    async def test_a_redirect_that_cannot_be_trusted_is_not_followed(
+        self,
+        client: Bitrix24Client,
+        mock: respx.MockRouter,
+        location: str,
+        why: str,
+    ) -> None:
+        route = mock.post("crm.deal.list").mock(return_value=self.moved(location))
+
+        with pytest.raises(Unavailable, match=why):
+            await client.call("crm.deal.list")
+
+        assert route.call_count == 1
+        assert client.moved_to is None
+
+    @pytest.mark.parametrize("status", [300, 303, 304])
+    async def test_other_redirect_statuses_are_refused_without_a_retry(
+        self, client: Bitrix24Client, mock: respx.MockRouter, status: int
+    ) -> None:
+        route = mock.post("crm.deal.add").mock(return_value=self.moved(RENAMED, status))
+
+        with pytest.raises(Unavailable, match="not a redirect of a renamed portal"):
+            await client.call("crm.deal.add", {"fields": {"TITLE": "A"}})
+
+        assert route.call_count == 1
+
+    async def test_the_sandbox_redirect_of_a_renamed_portal_is_followed(
+        self, portal: RunningSandbox, wire: Wire, http: httpx.AsyncClient
+    ) -> None:
+        # The sandbox on `portal` is the new host; a second one plays the old name.
+        options = SandboxOptions(port=free_port(), rate_limit="off")
+        with running_sandbox(options) as old:
+            old.http.post(
+                "/_sandbox/faults",
+                json={
+                    "method": "*",
+                    "kind": "redirect",
+                    "times": 5,
+                    "location": f"{portal.webhook}crm.deal.add.json",
+                },
+            ).raise_for_status()
+            client = Bitrix24Client(
+                http, WebhookCredentials(old.webhook), portal_zone=MOSCOW
+            )
+
+            first = await client.call("crm.deal.add", {"fields": {"TITLE": "Moved"}})
+            second = await client.call("crm.deal.add", {"fields": {"TITLE": "Moved"}})
+            old_stats = old.http.get("/_sandbox/stats").json()
+            old_deals = old.http.get("/_sandbox/snapshot").json().get("deals", [])
+
+        deals = portal.result("crm.deal.list", {"filter": {"TITLE": "Moved"}})
+        assert sorted(int(deal["ID"]) for deal in deals) == [first, second]
+        assert client.moved_to == portal.base_url
+        assert [request.url.host for request in wire.requests] == ["127.0.0.1"] * 3
+        assert [request.url.port for request in wire.requests][1:] == [
+            int(portal.base_url.rsplit(":", 1)[1])
+        ] * 2
+        # The old host answered once, with the redirect, and created nothing.
+        assert old_stats["requests"] == 1
+        assert old_deals == []
+
+
 class TestOperatingLimit:
     @staticmethod
     def blocked() -> httpx.Response:
@@ -660,20 +938,26 @@ class TestAgainstTheSandbox:
         assert len(wire.requests) == 1
 
     async def test_a_portal_refusing_connections_gives_a_clear_error_not_a_duplicate(
-        self, http: httpx.AsyncClient, wire: Wire, sleeps: Sleeps
+        self, http: httpx.AsyncClient, wire: Wire, sleeps: TickingSleeps
     ) -> None:
         # Nothing listens on this port: every connection is refused.
         dead = f"http://127.0.0.1:{free_port()}/rest/1/sandbox/"
         client = Bitrix24Client(
-            http, WebhookCredentials(dead), portal_zone=MOSCOW, sleep=sleeps
+            http,
+            WebhookCredentials(dead),
+            portal_zone=MOSCOW,
+            sleep=sleeps,
+            clock=sleeps.clock,
+            jitter=lambda: 0.0,
         )
 
         with pytest.raises(Unavailable) as caught:
             await client.call("crm.deal.add", {"fields": {"TITLE": "x"}})
 
         assert caught.value.sent is False
-        assert len(wire.requests) == RetryPolicy().attempts
-        assert len(sleeps.delays) == RetryPolicy().attempts - 1
+        # Doubling up to 8 s, the last wait cut to the 60 s deadline, one last try.
+        assert sleeps.delays == [0.5, 1.0, 2.0, 4.0, *[8.0] * 6, 4.5]
+        assert len(wire.requests) == 12
 
     async def test_a_method_over_its_operating_time_is_held_back(
         self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire

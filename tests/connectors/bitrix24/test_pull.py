@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -19,7 +20,16 @@ from connectors.bitrix24.errors import (
     Rejected,
     UnknownField,
 )
-from connectors.bitrix24.pull import Puller, crm_item, pull
+from connectors.bitrix24.models import Deal, InvalidRow, StageHistory, Task, User
+from connectors.bitrix24.pull import (
+    TASKS,
+    USERS,
+    Puller,
+    crm_item,
+    pull,
+    resolve_entity,
+    stage_history,
+)
 from tests.connectors.bitrix24.conftest import MOSCOW, Sleeps, Wire
 from tests.fixtures import load_fixture
 from tests.sandbox.conftest import RunningSandbox
@@ -48,6 +58,18 @@ async def collect(
     collected = [] if into is None else into
     async for row in rows:
         collected.append(row)
+    return collected
+
+
+Model = TypeVar("Model")
+
+
+async def collect_models(
+    models: AsyncIterator[Model], into: list[Model] | None = None
+) -> list[Model]:
+    collected = [] if into is None else into
+    async for model in models:
+        collected.append(model)
     return collected
 
 
@@ -240,7 +262,7 @@ async def mocked_client() -> AsyncIterator[Bitrix24Client]:
 
 
 @pytest.fixture
-def mock() -> respx.MockRouter:
+def mock() -> Iterator[respx.MockRouter]:
     with respx.mock(base_url=PORTAL, assert_all_called=False) as router:
         yield router
 
@@ -248,7 +270,7 @@ def mock() -> respx.MockRouter:
 def answer(
     pages: dict[str, Any], errors: dict[str, Any] | None = None
 ) -> httpx.Response:
-    body = {
+    body: dict[str, Any] = {
         "result": {
             "result": pages,
             "result_error": errors or [],
@@ -416,3 +438,290 @@ class TestPullOnTheWire:
             await collect(rows, into=seen)
 
         assert len(seen) == 50
+
+
+def people(ids: range, **fields: Any) -> list[dict[str, Any]]:
+    """Users as a snapshot holds them (`user.get` rows)."""
+    return [
+        {
+            "ID": str(user_id),
+            "ACTIVE": user_id % 4 != 0,
+            "NAME": f"Name{user_id}",
+            "LAST_NAME": "Manager",
+            "UF_DEPARTMENT": [1],
+            "USER_TYPE": "employee",
+            **fields,
+        }
+        for user_id in ids
+    ]
+
+
+def tasks(ids: range, **fields: Any) -> list[dict[str, Any]]:
+    """Tasks as a snapshot holds them (`tasks.task.list` rows)."""
+    return [
+        {
+            "id": str(task_id),
+            "title": f"Call back {task_id}",
+            "responsibleId": str(1 + task_id % 2),
+            "createdBy": "1",
+            "status": "5" if task_id % 3 == 0 else "2",
+            "createdDate": "2025-03-03T10:00:00+03:00",
+            **fields,
+        }
+        for task_id in ids
+    ]
+
+
+def deal_moves(ids: range) -> list[dict[str, Any]]:
+    return [
+        {
+            "ID": move_id,
+            "TYPE_ID": 2,
+            "OWNER_ID": move_id // 3 + 1,
+            "CREATED_TIME": "2025-03-03T10:00:00+03:00",
+            "CATEGORY_ID": move_id % 2,
+            "STAGE_SEMANTIC_ID": "P",
+            "STAGE_ID": "PREPARATION",
+            "ENTITY_TYPE_ID": 2,
+        }
+        for move_id in ids
+    ]
+
+
+def lead_moves(ids: range) -> list[dict[str, Any]]:
+    return [
+        {
+            "ID": move_id,
+            "TYPE_ID": 1,
+            "OWNER_ID": move_id,
+            "CREATED_TIME": "2025-03-03T10:00:00+03:00",
+            "STATUS_SEMANTIC_ID": "P",
+            "STATUS_ID": "NEW" if move_id % 2 else "IN_PROCESS",
+            "ENTITY_TYPE_ID": 1,
+        }
+        for move_id in ids
+    ]
+
+
+def http_by_method(portal: RunningSandbox) -> dict[str, int]:
+    stats: dict[str, int] = portal.http.get("/_sandbox/stats").json()["http_by_method"]
+    return stats
+
+
+class TestPullOfUsers:
+    async def test_every_employee_arrives_in_id_order_by_keyset_pages(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        bot = {"ID": "500", "ACTIVE": True, "NAME": "Bot", "USER_TYPE": "bot"}
+        portal.load({"users": [*people(range(1, 131)), bot]})
+
+        users = await collect_models(
+            Puller(webhook_client, pages_per_batch=2).pull_models(USERS, User)
+        )
+
+        assert [user.id for user in users] == list(range(1, 131))
+        assert users[3].active is False
+        assert http_by_method(portal) == {"batch": 2, "user.fields": 1}
+        second = batch_commands(wire)[1]
+        assert second["p1"] == (
+            "user.get?sort=ID&order=ASC&filter[%3EID]=$result[p0][49][ID]"
+            "&select[0]=%2A&select[1]=UF_%2A&start=-1"
+        )
+
+    async def test_an_active_filter_and_a_select_apply_on_every_page(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        portal.load({"users": people(range(1, 201))})
+
+        rows = await collect(
+            Puller(webhook_client, pages_per_batch=2).pull(
+                USERS, {"ACTIVE": True, "HAS_DEPARTAMENT": "Y"}, ["NAME"]
+            )
+        )
+
+        assert ids_of(rows) == [n for n in range(1, 201) if n % 4]
+        assert set(rows[0]) == {"ID", "NAME"}
+        commands = [cmd for body in batch_commands(wire) for cmd in body.values()]
+        assert all(
+            "&filter[ACTIVE]=Y&filter[HAS_DEPARTAMENT]=Y&" in c for c in commands
+        )
+
+    @pytest.mark.parametrize(
+        ("filter_", "hint"),
+        [({"active": True}, "spelled 'ACTIVE'"), ({"UF_USR_NOPE": 1}, "UF_USR_NOPE")],
+    )
+    async def test_keys_user_get_would_drop_are_refused(
+        self,
+        portal: RunningSandbox,
+        webhook_client: Bitrix24Client,
+        wire: Wire,
+        filter_: dict[str, Any],
+        hint: str,
+    ) -> None:
+        with pytest.raises(UnknownField, match=hint):
+            await collect(pull(webhook_client, USERS, filter_))
+
+        assert wire.count("/batch") == 0
+
+
+class TestPullOfTasks:
+    async def test_tasks_chain_on_the_camel_case_id_of_the_tasks_list(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        portal.load({"users": people(range(1, 3)), "tasks": tasks(range(1, 121))})
+
+        found = await collect_models(
+            Puller(webhook_client, pages_per_batch=2).pull_models(TASKS, Task)
+        )
+
+        assert [task.id for task in found] == list(range(1, 121))
+        assert found[2].completed is True
+        assert http_by_method(portal) == {"batch": 2, "tasks.task.getfields": 1}
+        assert batch_commands(wire)[0]["p1"] == (
+            "tasks.task.list?order[ID]=ASC&filter[%3EID]=$result[p0][tasks][49][id]"
+            "&start=-1"
+        )
+
+    async def test_upper_filter_and_select_keys_pick_the_rows(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client
+    ) -> None:
+        portal.load({"users": people(range(1, 3)), "tasks": tasks(range(1, 121))})
+
+        rows = await collect(
+            pull(
+                webhook_client,
+                TASKS,
+                {"RESPONSIBLE_ID": 2, "REAL_STATUS": 5},
+                ["TITLE", "UF_CRM_TASK"],
+            )
+        )
+
+        assert [int(row["id"]) for row in rows] == list(range(3, 121, 6))
+        assert set(rows[0]) >= {"id", "title", "ufCrmTask"}
+
+    async def test_a_camel_case_filter_key_is_refused(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        with pytest.raises(UnknownField, match="responsibleId"):
+            await collect(pull(webhook_client, TASKS, {"responsibleId": 2}))
+
+        assert wire.count("/batch") == 0
+
+
+class TestPullOfStageHistory:
+    async def test_deal_moves_arrive_without_asking_for_fields(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        portal.load(
+            {"stagehistory": [*deal_moves(range(1, 131)), *lead_moves(range(200, 260))]}
+        )
+
+        moves = await collect_models(
+            Puller(webhook_client, pages_per_batch=2).pull_models(
+                stage_history(2), StageHistory, {"CATEGORY_ID": 1}
+            )
+        )
+
+        assert [move.id for move in moves] == list(range(1, 131, 2))
+        assert {move.stage for move in moves} == {"PREPARATION"}
+        assert http_by_method(portal) == {"batch": 1}
+        assert batch_commands(wire)[0]["p1"] == (
+            "crm.stagehistory.list?entityTypeId=2&order[ID]=ASC&filter[CATEGORY_ID]=1"
+            "&filter[%3EID]=$result[p0][items][49][ID]"
+            "&select[0]=ID&select[1]=TYPE_ID&select[2]=OWNER_ID&select[3]=CREATED_TIME"
+            "&select[4]=CATEGORY_ID&select[5]=STAGE_ID&select[6]=STAGE_SEMANTIC_ID"
+            "&start=-1"
+        )
+
+    async def test_lead_moves_filter_on_their_status(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client
+    ) -> None:
+        portal.load(
+            {"stagehistory": [*deal_moves(range(1, 11)), *lead_moves(range(20, 140))]}
+        )
+        since = datetime(2025, 1, 1, tzinfo=UTC)
+
+        moves = await collect_models(
+            Puller(webhook_client).pull_models(
+                stage_history(1),
+                StageHistory,
+                {"STATUS_ID": "IN_PROCESS", ">=CREATED_TIME": since},
+            )
+        )
+
+        assert [move.id for move in moves] == list(range(20, 140, 2))
+        assert all(move.stage == "IN_PROCESS" for move in moves)
+
+    @pytest.mark.parametrize(
+        ("entity_type_id", "filter_"),
+        [(2, {"STATUS_ID": "NEW"}), (1, {"STAGE_ID": "NEW"}), (2, {"stage_id": "X"})],
+    )
+    async def test_a_field_of_the_other_history_is_refused_before_sending(
+        self,
+        portal: RunningSandbox,
+        webhook_client: Bitrix24Client,
+        wire: Wire,
+        entity_type_id: int,
+        filter_: dict[str, str],
+    ) -> None:
+        with pytest.raises(UnknownField, match=r"fixed fields of crm\.stagehistory"):
+            await collect(pull(webhook_client, stage_history(entity_type_id), filter_))
+
+        assert wire.requests == []
+
+    @pytest.mark.parametrize("entity_type_id", [3, 4, 7, 0])
+    def test_entities_without_stages_have_no_history(self, entity_type_id: int) -> None:
+        with pytest.raises(ValueError, match="no stage history"):
+            stage_history(entity_type_id)
+
+
+class TestPullOfCrmItems:
+    async def test_deal_items_pull_with_their_fields_from_the_sandbox(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        portal.load({"deals": deals(range(1, 121), CATEGORY_ID="1", STAGE_ID="C1:NEW")})
+        puller = Puller(webhook_client, pages_per_batch=2)
+
+        found = await collect_models(
+            puller.pull_models(
+                crm_item(2), Deal, {">=opportunity": 100}, ["title", "opportunity"]
+            )
+        )
+        again = await collect(puller.pull(crm_item(2), {"categoryId": 1}, ["id"]))
+
+        assert [deal.id for deal in found] == list(range(100, 121))
+        assert found[0].opportunity == Decimal("100")
+        assert len(again) == 120
+        assert http_by_method(portal) == {"batch": 3, "crm.item.fields": 1}
+
+    async def test_a_legacy_name_is_refused_for_items(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        with pytest.raises(UnknownField, match="'TITLE'"):
+            await collect(pull(webhook_client, crm_item(2), {"TITLE": "x"}))
+
+        assert wire.count("/batch") == 0
+
+
+class TestPullModels:
+    async def test_a_row_the_model_refuses_stops_the_pull_without_its_values(
+        self, mocked_client: Bitrix24Client, mock: respx.MockRouter
+    ) -> None:
+        mock.post("crm.deal.fields").respond(
+            200, json={"result": DEAL_FIELDS, "time": {}}
+        )
+        rows = [{"ID": "1", "TITLE": "Анна"}, {"ID": "2", "DATE_CREATE": "2025-01-01"}]
+        mock.post("batch").mock(return_value=answer({"p0": rows}))
+        seen: list[Deal] = []
+
+        deals = Puller(mocked_client).pull_models("deal", Deal)
+
+        with pytest.raises(InvalidRow, match="Deal row '2': invalid DATE_CREATE"):
+            await collect_models(deals, into=seen)
+
+        assert [deal.title for deal in seen] == ["Анна"]
+
+    async def test_named_entities_include_users_and_tasks(self) -> None:
+        assert resolve_entity("user") is USERS
+        assert resolve_entity("task") is TASKS
+        assert resolve_entity("deal").list_method == "crm.deal.list"
