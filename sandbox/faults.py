@@ -1,8 +1,12 @@
-"""Scripted faults: make a method fail, slow down or time out for its next calls."""
+"""Scripted faults: make a method fail, slow down or time out for its next calls.
+
+Bitrix24 methods take `Fault`; the messenger APIs take `MessengerFault`, which names
+the platform it targets.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 FaultKind = Literal[
@@ -148,3 +152,186 @@ class Stats:
         self.http_by_method.clear()
         self.batch_by_method.clear()
         self.rejected_rate_limit = 0
+
+
+# -- messenger faults ------------------------------------------------------------------
+
+MESSENGER_TARGETS: frozenset[str] = frozenset({"telegram", "whatsapp"})
+# The real errors each platform answers, by fault kind. Telegram: (HTTP status,
+# description) as telegram-bot-api renders them (Client.cpp). WhatsApp: (HTTP
+# status, Graph code, title, details) as the Cloud API answers them synchronously;
+# Meta answers 400 for every send error except an invalid or expired token (401).
+TELEGRAM_ERRORS: dict[str, tuple[int, str]] = {
+    "blocked": (403, "Forbidden: bot was blocked by the user"),
+    "deactivated": (403, "Forbidden: user is deactivated"),
+    "kicked": (403, "Forbidden: bot was kicked from the group chat"),
+    "cannot_initiate": (403, "Forbidden: bot can't initiate conversation with a user"),
+    "chat_not_found": (400, "Bad Request: chat not found"),
+    "query_too_old": (
+        400,
+        "Bad Request: query is too old and response timeout expired "
+        "or query ID is invalid",
+    ),
+    "unauthorized": (401, "Unauthorized"),
+    "server_error": (500, "Internal Server Error"),
+}
+WHATSAPP_ERRORS: dict[str, tuple[int, int, str, str]] = {
+    "outside_window": (
+        400,
+        131047,
+        "Re-engagement message",
+        "Message failed to send because more than 24 hours have passed since the "
+        "customer last replied to this number.",
+    ),
+    "undeliverable": (400, 131026, "Message Undeliverable", "Message Undeliverable."),
+    "rate_limit": (
+        400,
+        130429,
+        "Rate limit hit",
+        "Cloud API message throughput has been reached.",
+    ),
+    "pair_rate_limit": (
+        400,
+        131056,
+        "(Business Account, Consumer Account) pair rate limit hit",
+        "Message failed to send because there were too many messages sent from this "
+        "phone number to the same phone number in a short period of time.",
+    ),
+    "spam_rate_limit": (
+        400,
+        131048,
+        "Spam rate limit hit",
+        "Message failed to send because there are restrictions on how many messages "
+        "can be sent from this phone number.",
+    ),
+    "experiment": (
+        400,
+        130472,
+        "User's number is part of an experiment",
+        "Failed to send message because this user's phone number is part of an "
+        "experiment",
+    ),
+    "expired_token": (401, 190, "", ""),
+    "server_error": (500, 131000, "Something went wrong", "Something went wrong."),
+    "service_unavailable": (
+        503,
+        131016,
+        "Service unavailable",
+        "A service is temporarily unavailable.",
+    ),
+}
+# Kinds every messenger target knows beside its own errors.
+COMMON_MESSENGER_KINDS = frozenset({"error", "bad_gateway", "latency"})
+
+
+@dataclass
+class MessengerFault:
+    """One scripted fault on a messenger API for its next `times` matching calls.
+
+    `method` is a Bot API method (`sendMessage`, any case) or, for WhatsApp,
+    `messages`; `recipient` a Telegram chat id or a WhatsApp `to`; `*` matches any.
+    Kinds: the platform's named errors (TELEGRAM_ERRORS, WHATSAPP_ERRORS);
+    `retry_after` (Telegram 429 with `parameters.retry_after`); `error` (any status,
+    with `description`, or for WhatsApp `code`, `description` and `details`);
+    `bad_gateway` (the proxy's HTML 502 page); `latency` (wait `seconds`, then answer
+    normally). `as_status` (WhatsApp) accepts the send and reports the error later
+    as a `failed` status webhook, as Meta mostly does with 131047 and 131026.
+    """
+
+    target: str
+    kind: str
+    method: str = "*"
+    recipient: str = "*"
+    times: int = 1
+    retry_after: int = 5
+    seconds: float = 0.0
+    status: int = 0
+    code: int = 0
+    description: str = ""
+    details: str = ""
+    as_status: bool = False
+
+    def __post_init__(self) -> None:
+        if self.target not in MESSENGER_TARGETS:
+            raise ValueError(f"unknown fault target {self.target!r}")
+        known = COMMON_MESSENGER_KINDS | set(_named_errors(self.target))
+        if self.target == "telegram":
+            known |= {"retry_after"}
+        if self.kind not in known:
+            kinds = ", ".join(sorted(known))
+            raise ValueError(
+                f"unknown {self.target} fault kind {self.kind!r} ({kinds})"
+            )
+        if not isinstance(self.times, int) or self.times < 1:
+            raise ValueError("times must be a positive integer")
+        if not isinstance(self.retry_after, int) or self.retry_after < 0:
+            raise ValueError("retry_after must be a non-negative integer")
+        if not isinstance(self.seconds, int | float) or self.seconds < 0:
+            raise ValueError("seconds must be a non-negative number")
+        if self.status and not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status code")
+        if self.as_status and (self.target != "whatsapp" or self.kind in _NOT_STATUS):
+            raise ValueError("as_status applies to WhatsApp send errors only")
+        self.method = self.method.lower()
+        self.recipient = str(self.recipient)
+
+    def matches(self, target: str, method: str, recipient: str) -> bool:
+        return (
+            self.target == target
+            and self.method in ("*", method.lower())
+            and self.recipient in ("*", recipient)
+        )
+
+
+_NOT_STATUS = frozenset({"bad_gateway", "latency", "expired_token"})
+
+
+def _named_errors(target: str) -> frozenset[str]:
+    return frozenset(TELEGRAM_ERRORS if target == "telegram" else WHATSAPP_ERRORS)
+
+
+def messenger_fault(entry: dict[str, Any]) -> MessengerFault:
+    """A fault from its JSON form; unknown fields are refused with the known ones."""
+    known = {item.name for item in fields(MessengerFault)}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        listed = ", ".join(sorted(known))
+        raise ValueError(
+            f"unknown fault fields: {', '.join(unknown)} (known: {listed})"
+        )
+    return MessengerFault(**entry)
+
+
+@dataclass
+class MessengerFaultBook:
+    """Scripted faults for the messenger APIs, taken in the order they were added."""
+
+    faults: list[MessengerFault] = field(default_factory=list)
+
+    def add(self, fault: MessengerFault) -> None:
+        self.faults.append(fault)
+
+    def take(self, target: str, method: str, recipient: str) -> MessengerFault | None:
+        """The first fault for this call, spending one of its uses."""
+        for fault in self.faults:
+            if not fault.matches(target, method, recipient):
+                continue
+            fault.times -= 1
+            if fault.times <= 0:
+                self.faults.remove(fault)
+            return fault
+        return None
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [vars(fault).copy() for fault in self.faults]
+
+    def clear(self) -> None:
+        self.faults.clear()
+
+
+# What a proxy in front of an API answers when the API behind it is down.
+BAD_GATEWAY_PAGE = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)

@@ -25,13 +25,21 @@ from sandbox import protocol
 from sandbox.batch import command_methods, run_batch
 from sandbox.engine import Sandbox
 from sandbox.events import EventDispatcher
-from sandbox.faults import Fault
+from sandbox.faults import (
+    MESSENGER_TARGETS,
+    Fault,
+    MessengerFault,
+    MessengerFaultBook,
+    messenger_fault,
+)
 from sandbox.oauth import oauth_routes
 from sandbox.phpform import parse_str
 from sandbox.protocol import MethodResult, RestError, Timing
 from sandbox.registry import Auth, MethodSpec, lookup
 from sandbox.snapshot import dump_snapshot, load_snapshot, reset_portal
 from sandbox.state import Portal
+from sandbox.telegram import SANDBOX_BOT_TOKEN, TelegramSandbox
+from sandbox.whatsapp import SANDBOX_PHONE_NUMBER_ID, WhatsAppSandbox
 from sandbox.xml import render_xml
 
 DEFAULT_WEBHOOK_USER = 1
@@ -133,6 +141,9 @@ class SandboxApp:
         self.events = EventDispatcher(
             portal, public_url=f"http://{public_host}:{options.port}"
         )
+        self.messenger_faults = MessengerFaultBook()
+        self.telegram = TelegramSandbox(self.messenger_faults)
+        self.whatsapp = WhatsAppSandbox(self.messenger_faults)
 
     @property
     def portal(self) -> Portal:
@@ -266,6 +277,9 @@ class SandboxApp:
                 "webhook": webhook,
                 "oauth_token_endpoint": f"{base}/oauth/token/",
                 "controls": f"{base}/_sandbox/",
+                "telegram_bot_api": f"{base}/bot{self.telegram.token}/",
+                "whatsapp_messages": f"{base}/v22.0/"
+                f"{self.whatsapp.settings.phone_number_id}/messages",
                 "rate_limit": self.sandbox.limiter.plan,
                 "timezone": self.options.timezone,
             }
@@ -287,21 +301,28 @@ class SandboxApp:
         return JSONResponse({"loaded": counts})
 
     async def get_faults(self, request: Request) -> Response:
-        return JSONResponse({"faults": self.sandbox.faults.describe()})
+        return JSONResponse({"faults": self._describe_faults()})
+
+    def _describe_faults(self) -> list[dict[str, Any]]:
+        return self.sandbox.faults.describe() + self.messenger_faults.describe()
 
     async def post_faults(self, request: Request) -> Response:
         try:
             body = json.loads(await request.body())
             entries = body if isinstance(body, list) else [body]
-            faults = [_fault(entry) for entry in entries]
+            faults = [_any_fault(entry) for entry in entries]
         except (ValueError, TypeError) as error:
             return _control_error(f"bad fault: {error}")
         for fault in faults:
-            self.sandbox.faults.add(fault)
-        return JSONResponse({"faults": self.sandbox.faults.describe()})
+            if isinstance(fault, MessengerFault):
+                self.messenger_faults.add(fault)
+            else:
+                self.sandbox.faults.add(fault)
+        return JSONResponse({"faults": self._describe_faults()})
 
     async def delete_faults(self, request: Request) -> Response:
         self.sandbox.faults.clear()
+        self.messenger_faults.clear()
         return JSONResponse({"faults": []})
 
     async def get_stats(self, request: Request) -> Response:
@@ -318,6 +339,9 @@ class SandboxApp:
         self._restore_initial_state()
         self.sandbox.reset_counters()
         self.events.reset()
+        self.messenger_faults.clear()
+        self.telegram.reset()
+        self.whatsapp.reset()
         return JSONResponse({"reset": True})
 
     async def post_settings(self, request: Request) -> Response:
@@ -371,6 +395,8 @@ class SandboxApp:
             Route("/_sandbox/events", self.get_events, methods=["GET"]),
             *self.events.routes(),
             *oauth_routes(self.portal),
+            *self.telegram.routes(),
+            *self.whatsapp.routes(),
         ]
 
         @contextlib.asynccontextmanager
@@ -379,6 +405,15 @@ class SandboxApp:
                 yield
 
         return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _any_fault(entry: Any) -> Fault | MessengerFault:
+    """A messenger fault when the entry names its `target`, else a Bitrix24 one."""
+    if isinstance(entry, dict) and entry.get("target") in MESSENGER_TARGETS:
+        return messenger_fault(entry)
+    if isinstance(entry, dict) and entry.get("target") == "bitrix24":
+        entry = {key: value for key, value in entry.items() if key != "target"}
+    return _fault(entry)
 
 
 def _fault(entry: Any) -> Fault:
@@ -427,6 +462,8 @@ def serve(options: SandboxOptions) -> None:
         f"Bitrix24 sandbox on {base}/\n"
         f"  inbound webhook  {webhook}\n"
         f"  controls         {base}/_sandbox/  (snapshot, faults, stats, reset)\n"
+        f"  telegram bot api {base}/bot{SANDBOX_BOT_TOKEN}/\n"
+        f"  whatsapp api     {base}/v22.0/{SANDBOX_PHONE_NUMBER_ID}/messages\n"
         f"  rate limit       {options.rate_limit}",
         flush=True,
     )
