@@ -1,4 +1,5 @@
-"""Reading a webhook body: JSON only, bounded in size, bytes kept as received."""
+"""Reading a webhook body: of an expected media type, bounded in size, bytes kept as
+received."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ from fastapi import Request
 
 from webhooks.errors import BodyTooLarge, MalformedBody, WrongContentType
 
+JSON = "application/json"
 # Telegram updates and WhatsApp batches are a few KiB; a mebibyte is generous and
 # keeps a hostile body out of memory.
 MAX_BODY_BYTES = 1024 * 1024
 
 
-async def read_json_body(request: Request, *, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The raw bytes of a JSON body, refused when larger than `limit`."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip()
-    if media_type.lower() != "application/json":
-        raise WrongContentType("the body must be application/json")
+def media_type(request: Request) -> str:
+    """The Content-Type without its parameters, lower case."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The raw bytes of the body, refused when larger than `limit`."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the body must be at most {limit} bytes")
@@ -34,7 +38,14 @@ async def read_json_body(request: Request, *, limit: int = MAX_BODY_BYTES) -> by
     return b"".join(chunks)
 
 
-def decode_json(raw: bytes) -> Any:
+async def read_json_body(request: Request, *, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw bytes of a JSON body, refused when larger than `limit`."""
+    if media_type(request) != JSON:
+        raise WrongContentType(f"the body must be {JSON}")
+    return await read_body(request, limit=limit)
+
+
+def decode_json(raw: bytes | str) -> Any:
     """The parsed body; anything that is not JSON is the sender's error, not ours."""
     try:
         return json.loads(raw)
