@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Literal
@@ -19,6 +19,9 @@ from app.clients import Clients, open_clients, ping_redis
 from app.errors import ServiceError
 from app.settings import Settings, get_settings
 from connectors.bitrix24.probe import probe_server_time
+from kpi_engine.endpoints import kpi_router
+from webhooks.bitrix24 import bitrix24_router
+from webhooks.endpoints import telegram_router, whatsapp_router
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -93,6 +96,7 @@ async def _check_bitrix24(clients: Clients, settings: Settings) -> Check:
 
 async def render_error(request: Request, exc: Exception) -> JSONResponse:
     """The one place an error becomes a response: `{"error", "detail"}`."""
+    headers: Mapping[str, str] | None = None
     if isinstance(exc, ServiceError):
         status, body = exc.status_code, ErrorBody(error=exc.code, detail=exc.detail)
     elif isinstance(exc, RequestValidationError):
@@ -106,9 +110,11 @@ async def render_error(request: Request, exc: Exception) -> JSONResponse:
         phrase = HTTPStatus(exc.status_code).phrase
         status = exc.status_code
         body = ErrorBody(error=phrase.lower().replace(" ", "_"), detail=str(exc.detail))
+        # A 401 names its scheme (WWW-Authenticate); keep what the raiser set.
+        headers = exc.headers
     else:
         status, body = 500, ErrorBody(error="internal_error", detail="internal error")
-    return JSONResponse(body.model_dump(), status_code=status)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -134,4 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error_type in (ServiceError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(error_type, render_error)
     app.include_router(router)
+    app.include_router(telegram_router(settings))
+    app.include_router(whatsapp_router(settings))
+    app.include_router(bitrix24_router(settings))
+    app.include_router(kpi_router(settings))
     return app

@@ -4,20 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 import uvicorn
 
 from app.api import create_app
+from app.clients import open_clients
 from app.config import BusinessRules, ConfigError, load_rules
 from app.local import Listening, LocalRunError, local_settings, run_local
 from app.logging import configure_logging
+from app.portal import NotConfigured
 from app.settings import Settings, get_settings
 from app.worker import build_worker
+from connectors.bitrix24.errors import Bitrix24Error
+from kpi_engine import report
+from kpi_engine.closing import MonthAlreadyClosed, MonthNotOver
+from kpi_engine.data import ClosedMonth, InvalidPeriod, KpiQuery, UnknownManager
+from kpi_engine.period import iso_week_period, midnight, month_period, week_just_ended
+from kpi_engine.result import KpiResult
+from kpi_engine.service import KpiService, utc_now
+from kpi_engine.weekly import (
+    FeedPost,
+    Posted,
+    PostInProgress,
+    render,
+    week_label,
+)
 
 PORT = click.IntRange(1, 65535)
+T = TypeVar("T")
 
 
 @click.group(name="leadloop", context_settings={"help_option_names": ["-h", "--help"]})
@@ -151,15 +172,190 @@ def run() -> None:
 
 
 def _announce(listening: Listening) -> None:
-    click.echo(
-        "\nleadloop is running:\n"
-        f"  Bitrix24 sandbox   {listening.sandbox}/\n"
-        f"  Bitrix24 webhook   {listening.webhook}\n"
-        f"  API                {listening.api}/\n"
-        f"  API docs           {listening.docs}\n"
-        f"  worker's Redis     {listening.redis}\n"
-        "Press Ctrl-C to stop.\n"
-    )
+    lines = [
+        "\nleadloop is running:",
+        f"  Bitrix24 sandbox   {listening.sandbox}/",
+        f"  Bitrix24 webhook   {listening.webhook}",
+        f"  API                {listening.api}/",
+        f"  API docs           {listening.docs}",
+        f"  worker's Redis     {listening.redis}",
+    ]
+    chats = (("Telegram", listening.telegram), ("WhatsApp", listening.whatsapp))
+    lines += [f"  {name} chat      POST {where}" for name, where in chats if where]
+    click.echo("\n".join([*lines, "Press Ctrl-C to stop.\n"]))
+
+
+# --- KPIs -----------------------------------------------------------------------------
+
+DAY = click.DateTime(formats=["%Y-%m-%d"])
+FORMATS = {"json": report.to_json, "csv": report.to_csv, "md": report.to_markdown}
+
+
+def _as_of(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is None:
+        raise click.BadParameter("give the offset, e.g. 2025-01-13T09:00:00+03:00")
+    return moment
+
+
+def _month(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        month_period(value)
+    except InvalidPeriod as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _week(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
+    if value is None:
+        return None
+    try:
+        return iso_week_period(value)[0]
+    except InvalidPeriod as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.group(invoke_without_command=True)
+@click.option("--from", "start", type=DAY, metavar="YYYY-MM-DD", help="First day.")
+@click.option("--to", "end", type=DAY, metavar="YYYY-MM-DD", help="Day after the last.")
+@click.option(
+    "--as-of", callback=_as_of, metavar="ISO", help="Seen as of.  [default: now]"
+)
+@click.option(
+    "--manager", type=click.IntRange(min=1), metavar="ID", help="One manager."
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(sorted(FORMATS)),
+    default="json",
+    show_default=True,
+)
+@click.pass_context
+def kpi(
+    ctx: click.Context,
+    start: datetime | None,
+    end: datetime | None,
+    as_of: datetime | None,
+    manager: int | None,
+    output: str,
+) -> None:
+    """KPIs and bonus of a period: `kpi --from 2025-01-01 --to 2025-02-01`.
+
+    Dates are in the business time zone; --to is exclusive. `kpi close YYYY-MM`
+    keeps a month's figures so that later changes are reported.
+    """
+    if ctx.invoked_subcommand is not None:
+        options = {"--from": start, "--to": end, "--as-of": as_of, "--manager": manager}
+        _refuse_narrowing(options)
+        return
+    if start is None or end is None:
+        raise click.UsageError("--from and --to are required")
+    if end <= start:
+        raise click.BadParameter("must be after --from", param_hint="'--to'")
+    settings = get_settings()
+    rules = _prepare(settings)
+    query = KpiQuery(start.date(), end.date(), as_of or utc_now(), manager)
+
+    async def figures(service: KpiService) -> KpiResult:
+        return await service.figures(query)
+
+    try:
+        result = _run_kpi(settings, rules, figures)
+    except UnknownManager as exc:
+        raise click.BadParameter(str(exc), param_hint="'--manager'") from None
+    shown = FORMATS[output](result)
+    click.echo(shown if isinstance(shown, str) else _json(shown), nl=output == "json")
+
+
+def _refuse_narrowing(options: Mapping[str, object]) -> None:
+    """`kpi close` keeps the whole month of every manager, as of now: options that
+    narrow the figures would be ignored, so they are refused."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise click.UsageError(
+            f"{', '.join(given)}: `kpi close` closes the whole month for every "
+            "manager; give only YYYY-MM"
+        )
+
+
+@kpi.command(name="close")
+@click.argument("month", callback=_month, metavar="YYYY-MM")
+@click.option("--replace", is_flag=True, help="Close a closed month again.")
+def kpi_close(month: str, replace: bool) -> None:
+    """Keep a month's figures and the deal values behind them."""
+    settings = get_settings()
+    rules = _prepare(settings)
+
+    async def close(service: KpiService) -> tuple[ClosedMonth, list[str]]:
+        return await service.close(month, replace=replace)
+
+    try:
+        record, problems = _run_kpi(settings, rules, close)
+    except MonthNotOver as exc:
+        raise click.BadParameter(str(exc), param_hint="'MONTH'") from None
+    except MonthAlreadyClosed as exc:
+        raise click.ClickException(f"{exc}; --replace closes it again") from None
+    for problem in problems:
+        click.echo(f"Warning: {problem}", err=True)
+    click.echo(f"{month} closed: {len(record.deals)} deals kept.")
+
+
+@main.command(name="report")
+@click.option("--week", callback=_week, metavar="YYYY-Www", help="[default: last week]")
+@click.option(
+    "--as-of", callback=_as_of, metavar="ISO", help="Seen as of.  [default: now]"
+)
+@click.option("--post", is_flag=True, help="Post it to the Bitrix24 feed (once).")
+def report_command(week: date | None, as_of: datetime | None, post: bool) -> None:
+    """The weekly report as posted to the Bitrix24 feed (BB codes)."""
+    settings = get_settings()
+    rules = _prepare(settings)
+    now = utc_now()
+    start = week or week_just_ended(now, rules.zone)[0]
+    ended = midnight(start + timedelta(days=7), rules.zone)
+    if post and (as_of is not None or now < ended):
+        raise click.UsageError("--post takes a week that has ended, seen now")
+
+    async def weekly(service: KpiService) -> FeedPost | Posted:
+        if post:
+            return await service.post_weekly(start)
+        return render(await service.weekly(start, as_of), rules)
+
+    done = _run_kpi(settings, rules, weekly)
+    if isinstance(done, FeedPost):
+        click.echo(f"{done.title}\n\n{done.message}")
+    elif done.created:
+        click.echo(f"Posted {week_label(start)} to the feed: post {done.post_id}.")
+    else:
+        click.echo(f"{week_label(start)} was posted before: post {done.post_id}.")
+
+
+def _run_kpi(
+    settings: Settings,
+    rules: BusinessRules,
+    work: Callable[[KpiService], Awaitable[T]],
+) -> T:
+    async def run() -> T:
+        clients = open_clients(settings.redis_url)
+        try:
+            return await work(KpiService.on_portal(settings, rules, clients))
+        finally:
+            await clients.aclose()
+
+    try:
+        return asyncio.run(run())
+    except (NotConfigured, Bitrix24Error, PostInProgress) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _json(figures: object) -> str:
+    return json.dumps(figures, ensure_ascii=False, indent=2)
 
 
 def _prepare(settings: Settings) -> BusinessRules:

@@ -11,6 +11,8 @@ from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
+from connectors.messengers.base import messenger_client
+
 # Room for a slow portal page, short enough that a hung connection cannot hold a job
 # for minutes.
 UPSTREAM_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -20,12 +22,17 @@ REDIS_PING_TIMEOUT_S = 2.0
 
 @dataclass(frozen=True)
 class Clients:
-    """One Redis client (it can enqueue arq jobs) and one HTTP client per process."""
+    """One Redis client (it can enqueue arq jobs) and one HTTP client per upstream:
+    `http` for Bitrix24 and the LLM, one per messenger API."""
 
     redis: ArqRedis
     http: httpx.AsyncClient
+    telegram: httpx.AsyncClient
+    whatsapp: httpx.AsyncClient
 
     async def aclose(self) -> None:
+        await self.telegram.aclose()
+        await self.whatsapp.aclose()
         await self.http.aclose()
         await self.redis.aclose()
 
@@ -33,7 +40,11 @@ class Clients:
 def open_clients(redis_url: str) -> Clients:
     """Create the clients; nothing connects until first use."""
     return Clients(
-        redis=redis_client(redis_url), http=httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT)
+        redis=redis_client(redis_url),
+        http=httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT),
+        # Apart from `http`: a messenger's slow answers never hold the portal's pool.
+        telegram=messenger_client(),
+        whatsapp=messenger_client(),
     )
 
 

@@ -11,6 +11,7 @@ import tomllib
 from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from string import Formatter
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -155,6 +156,20 @@ def _time_zone(value: Any) -> str:
     return str(value)
 
 
+def _listed_once(items: list[Any]) -> list[Any]:
+    for index, item in enumerate(items):
+        if item in items[:index]:
+            raise _Problem(f"{item!r} is listed twice", at=(index,))
+    return items
+
+
+def _in_order(hours: tuple[time, time]) -> tuple[time, time]:
+    start, end = hours
+    if start >= end:
+        raise ValueError(f"start {start:%H:%M} must be before end {end:%H:%M}")
+    return hours
+
+
 Money = Annotated[Decimal, BeforeValidator(_money)]
 Rate = Annotated[Decimal, BeforeValidator(_rate)]
 BonusRate = Annotated[Decimal, BeforeValidator(_bonus_rate)]
@@ -164,8 +179,12 @@ Currency = Annotated[str, BeforeValidator(_currency)]
 Day = Annotated[date, BeforeValidator(_date)]
 Clock = Annotated[time, BeforeValidator(_clock)]
 StageId = Annotated[str, BeforeValidator(_stage_id)]
+# Opening and closing time of a day: start before end.
+Hours = Annotated[tuple[Clock, Clock], AfterValidator(_in_order)]
+ListedOnce = AfterValidator(_listed_once)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekdays = Annotated[list[Weekday], ListedOnce]
 
 # `[money.rates]` mixes flat rates (`USD = "92.15"`) and month tables
 # (`[money.rates."2026-11"]`); the tag picks the shape. Tags are in angle brackets
@@ -239,26 +258,10 @@ class CrmRules(_Section):
 
 
 class CalendarRules(_Section):
-    working_days: list[Weekday] = ["mon", "tue", "wed", "thu", "fri", "sat"]
-    hours: tuple[Clock, Clock] = (time(9, 0), time(21, 0))
+    working_days: Weekdays = ["mon", "tue", "wed", "thu", "fri", "sat"]
+    hours: Hours = (time(9, 0), time(21, 0))
     holidays: list[Day] = []
     extra_working_days: list[Day] = []
-
-    @field_validator("working_days")
-    @classmethod
-    def _no_repeated_days(cls, days: list[Weekday]) -> list[Weekday]:
-        for index, day in enumerate(days):
-            if day in days[:index]:
-                raise _Problem(f"{day!r} is listed twice", at=(index,))
-        return days
-
-    @field_validator("hours")
-    @classmethod
-    def _start_before_end(cls, hours: tuple[time, time]) -> tuple[time, time]:
-        start, end = hours
-        if start >= end:
-            raise ValueError(f"start {start:%H:%M} must be before end {end:%H:%M}")
-        return hours
 
     def is_working_day(self, day: date) -> bool:
         if day in self.extra_working_days:
@@ -336,6 +339,105 @@ class BonusRules(_Section):
         )
 
 
+_SERVICE_ID = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _service_id(value: Any) -> str:
+    if not isinstance(value, str) or not _SERVICE_ID.fullmatch(value):
+        raise ValueError(f"{value!r} is not a service id like manicure or hair_cut")
+    return value
+
+
+def _phrase(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty phrase")
+    return " ".join(value.split())
+
+
+def _folded(phrase: str) -> str:
+    return phrase.casefold().replace("ё", "е")
+
+
+ServiceId = Annotated[str, BeforeValidator(_service_id)]
+Phrase = Annotated[str, BeforeValidator(_phrase)]
+
+
+class Service(_Section):
+    """One service clients ask for: its title, price range and the words for it."""
+
+    title: Phrase
+    price_from: Money | None = None
+    price_to: Money | None = None
+    synonyms: list[Phrase] = []
+
+    @model_validator(mode="after")
+    def _prices_in_order(self) -> Service:
+        low, high = self.price_from, self.price_to
+        if low is not None and high is not None and high < low:
+            raise _Problem(f"must not be below price_from ({low})", at=("price_to",))
+        return self
+
+    def phrases(self) -> list[str]:
+        """The title and every synonym: what the client may call it."""
+        return [self.title, *self.synonyms]
+
+
+def _distinct_phrases(services: dict[str, Service]) -> dict[str, Service]:
+    """A title or synonym names one service only, or the bot could not tell."""
+    owners: dict[str, str] = {}
+    for service_id, service in services.items():
+        owner = owners.setdefault(_folded(service.title), service_id)
+        if owner != service_id:
+            raise _Problem(
+                f"{service.title!r} is already the title of {owner!r}",
+                at=(service_id, "title"),
+            )
+    for service_id, service in services.items():
+        for index, phrase in enumerate(service.synonyms):
+            owner = owners.setdefault(_folded(phrase), service_id)
+            if owner != service_id:
+                raise _Problem(
+                    f"{phrase!r} already names the service {owner!r}",
+                    at=(service_id, "synonyms", index),
+                )
+    return services
+
+
+Services = Annotated[dict[ServiceId, Service], AfterValidator(_distinct_phrases)]
+
+# Without a [services] table the bot still recognises the usual salon services; it
+# names no prices, because only the salon knows them.
+DEFAULT_SERVICES: dict[str, Service] = {
+    "manicure": Service(
+        title="Маникюр",
+        synonyms=["маникюрчик", "ногти", "ноготочки", "гель-лак", "покрытие"],
+    ),
+    "pedicure": Service(title="Педикюр", synonyms=["педикюрчик"]),
+    "haircut": Service(
+        title="Стрижка",
+        synonyms=["подстричься", "постричься", "подстричь", "постричь", "стричься"],
+    ),
+    "coloring": Service(
+        title="Окрашивание волос",
+        synonyms=["окрашивание", "покрасить волосы", "покраска", "мелирование"],
+    ),
+    "styling": Service(title="Укладка", synonyms=["причёска", "локоны"]),
+    "brows": Service(
+        title="Брови", synonyms=["коррекция бровей", "окрашивание бровей"]
+    ),
+    "lashes": Service(
+        title="Ресницы", synonyms=["наращивание ресниц", "ламинирование ресниц"]
+    ),
+    "facial": Service(
+        title="Чистка лица", synonyms=["косметолог", "пилинг", "уход за лицом"]
+    ),
+    "massage": Service(title="Массаж"),
+    "epilation": Service(
+        title="Эпиляция", synonyms=["депиляция", "шугаринг", "восковая"]
+    ),
+}
+
+
 class Messages(_Section):
     """What the bot says; Russian by default, each text overridable."""
 
@@ -355,6 +457,420 @@ class Messages(_Section):
         default="Спасибо! Администратор свяжется с вами, чтобы подтвердить запись.",
         min_length=1,
     )
+    # The dialog's other texts. {opens} is when the salon next opens ("завтра в
+    # 09:00"), {services} the list of service titles, {price} a service's range.
+    greeting_short: str = Field(default="Здравствуйте!", min_length=1)
+    ask_name: str = Field(default="Как к вам обращаться?", min_length=1)
+    ask_service_again: str = Field(
+        default="Уточните, пожалуйста, услугу: {services}.", min_length=1
+    )
+    service_price: str = Field(default="{service}: {price}.", min_length=1)
+    ask_time_again: str = Field(
+        default=(
+            "Не понял, когда вам удобно. Напишите, например: «завтра после 18» "
+            "или «в субботу утром»."
+        ),
+        min_length=1,
+    )
+    time_past: str = Field(
+        default="Это время уже прошло. Когда вам удобно прийти?", min_length=1
+    )
+    ask_phone_again: str = Field(
+        default=(
+            "Не получилось разобрать номер. Напишите его, пожалуйста, полностью, "
+            "например +7 999 000-00-00."
+        ),
+        min_length=1,
+    )
+    ask_own_phone: str = Field(
+        default=(
+            "Чтобы записать вас, нужен ваш собственный номер: напишите его, пожалуйста."
+        ),
+        min_length=1,
+    )
+    media: str = Field(
+        default="Я понимаю только текст. Напишите, пожалуйста, сообщением.",
+        min_length=1,
+    )
+    confirm: str = Field(default="Ваша заявка: {service}, {time}.", min_length=1)
+    done_after_hours: str = Field(
+        default=(
+            "Спасибо! Сейчас мы закрыты: администратор свяжется с вами {opens}, "
+            "чтобы подтвердить запись."
+        ),
+        min_length=1,
+    )
+    handoff_after_hours: str = Field(
+        default=(
+            "Передаю ваш вопрос администратору. Сейчас мы закрыты, он ответит {opens}."
+        ),
+        min_length=1,
+    )
+    after_done: str = Field(
+        default="Ваша заявка уже у администратора, он ответит в этом чате.",
+        min_length=1,
+    )
+    # Once the lead is in the CRM: {when} is the manager's promise, honest about
+    # working hours ("в течение 15 минут", "завтра после 09:00").
+    next_step: str = Field(default="Менеджер свяжется с вами {when}.", min_length=1)
+    next_step_returning: str = Field(
+        default=(
+            "Добавили ваше сообщение к вашей текущей заявке. "
+            "Менеджер свяжется с вами {when}."
+        ),
+        min_length=1,
+    )
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> Messages:
+        for name, allowed in MESSAGE_PLACEHOLDERS.items():
+            try:
+                _check_placeholders(getattr(self, name), allowed)
+            except ValueError as exc:
+                raise _Problem(str(exc), at=(name,)) from None
+        return self
+
+
+# The texts the dialog fills in, and the placeholders each may use.
+MESSAGE_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
+    "ask_service_again": ("services",),
+    "service_price": ("service", "price"),
+    "confirm": ("service", "time", "name"),
+    "done_after_hours": ("opens",),
+    "handoff_after_hours": ("opens",),
+    "next_step": ("when",),
+    "next_step_returning": ("when",),
+}
+
+
+def _recipient(value: Any) -> str:
+    code = value.strip().upper() if isinstance(value, str) else ""
+    match = re.fullmatch(r"UA|(U|DR)(\d+)", code)
+    if match is None or (match[2] is not None and int(match[2]) == 0):
+        raise ValueError(
+            f"{value!r} is not a feed recipient: UA (everyone), U<user id> or "
+            "DR<department id>"
+        )
+    return code
+
+
+def _check_placeholders(text: str, fields: tuple[str, ...]) -> None:
+    """ValueError unless every `{name}` in `text` is one of `fields`."""
+    try:
+        names = {name for _, name, _, _ in Formatter().parse(text) if name}
+    except ValueError as exc:
+        raise ValueError(f"not a valid template: {exc}") from None
+    unknown = sorted(names - set(fields))
+    if unknown:
+        known = ", ".join(f"{{{name}}}" for name in fields) or "none"
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}} (known: {known})")
+
+
+def _template(*fields: str) -> AfterValidator:
+    """A text with `{name}` placeholders, each one of `fields`."""
+
+    def check(text: str) -> str:
+        _check_placeholders(text, fields)
+        return text
+
+    return AfterValidator(check)
+
+
+Recipient = Annotated[str, BeforeValidator(_recipient)]
+Text = Annotated[str, Field(min_length=1), _template()]
+DetailText = Annotated[str, Field(min_length=1), _template("detail")]
+
+
+class WarningTexts(_Section):
+    """How the weekly post names each data warning; `{detail}` is the engine's text."""
+
+    check_left_out: DetailText = "Чеки не вошли в выручку ({detail})"
+    booked_without_visit_time: DetailText = (
+        "Записи без времени визита не считаются визитами"
+    )
+    deal_without_contact: DetailText = "Сделки без контакта не участвуют в удержании"
+    stage_without_role: DetailText = "Стадия без роли не учитывается ({detail})"
+    manager_without_plan: DetailText = "Нет плана: процент от выручки не начисляется"
+    closed_month_figure_changed: DetailText = (
+        "Изменилось после закрытия месяца: {detail}"
+    )
+    closed_month_deal_changed: DetailText = (
+        "Сделка изменилась после закрытия месяца: {detail}"
+    )
+    closed_month_deal_dropped: DetailText = (
+        "Учитывалась при закрытии месяца, теперь нет"
+    )
+    closed_month_deal_added: DetailText = (
+        "Учитывается теперь, при закрытии месяца не учитывалась"
+    )
+
+
+class ReportTexts(_Section):
+    """The weekly post's words; Russian by default, each text overridable."""
+
+    title: Annotated[str, Field(min_length=1), _template("start", "end")] = (
+        "Итоги недели {start} – {end}"
+    )
+    period: Annotated[str, _template("start", "end", "timezone", "as_of")] = (
+        "Неделя с {start} по {end} ({timezone}), данные на {as_of}."
+    )
+    week_heading: Text = "Неделя по менеджерам"
+    manager: Text = "Менеджер"
+    total: Text = "Всего"
+    leads: Text = "Лиды"
+    calls: Text = "Звонки"
+    bookings_made: Text = "Записи"
+    cancellations: Text = "Отмены"
+    visits: Text = "Визиты"
+    no_shows: Text = "Неявки"
+    average_check: Text = "Средний чек"
+    conversion: Text = "Конверсия в запись"
+    confirmed_share: Text = "Подтверждено"
+    no_show_rate: Text = "Доля неявок"
+    first_response: Text = "Первый ответ, мин (медиана / p90)"
+    month_heading: Annotated[str, Field(min_length=1), _template("month")] = (
+        "{month}: с начала месяца"
+    )
+    revenue: Text = "Выручка"
+    plan: Text = "План"
+    plan_done: Text = "Выполнение плана"
+    retained_clients: Text = "Вернувшиеся клиенты"
+    bonus: Text = "Бонус на сегодня"
+    not_final: Text = "удержание ещё не окончательное"
+    problems_heading: Text = "Главные проблемы недели"
+    no_problems: Text = "Заметных проблем нет."
+    unanswered: Annotated[str, _template("count", "leads", "ids")] = (
+        "Лиды без ответа человека: {count} из {leads} ({ids})"
+    )
+    slowest: Annotated[str, _template("count", "leads", "sla", "items")] = (
+        "Ответ позже {sla} рабочих минут: {count} из {leads}; дольше всех ждали: "
+        "{items}"
+    )
+    no_show_problem: Annotated[str, _template("count", "appointments", "ids")] = (
+        "Записи на неделю: {appointments}, из них неявки: {count} ({ids})"
+    )
+    unconfirmed: Annotated[str, _template("count", "appointments")] = (
+        "Записи на неделю: {appointments}, не подтверждены до визита: {count}"
+    )
+    cancellation_problem: Annotated[str, _template("count", "appointments")] = (
+        "Записи на неделю: {appointments}, отменены: {count}"
+    )
+    deal_ref: Annotated[str, _template("id")] = "сделка {id}"
+    lead_ref: Annotated[str, _template("id")] = "лид {id}"
+    wait: Annotated[str, _template("hours", "minutes")] = "{hours} ч {minutes} мин"
+    warnings_heading: Text = "Предупреждения о данных"
+    no_warnings: Text = "Предупреждений нет: данные полные."
+    warnings: WarningTexts = WarningTexts()
+
+
+class ReportRules(_Section):
+    """The weekly feed post: whether the worker posts it and who sees it."""
+
+    post: bool = Field(default=True, strict=True)
+    recipients: Annotated[list[Recipient], ListedOnce] = Field(
+        default=["UA"], min_length=1
+    )
+    texts: ReportTexts = ReportTexts()
+
+
+# --- reminders ---------------------------------------------------------------------
+
+# What the client reads: {when} is relative to the day it is sent ("завтра в 10:00",
+# "4 декабря в 10:00"), {date} "04.12", {time} "10:00".
+ClientText = Annotated[str, Field(min_length=1), _template("when", "date", "time")]
+# WhatsApp shows at most 20 characters of a reply button (reference §2.6).
+ButtonText = Annotated[str, Field(min_length=1, max_length=20), _template()]
+# What the manager reads: {when} is absolute ("4 декабря в 10:00"), {channel} the
+# messenger's name.
+ManagerText = Annotated[str, Field(min_length=1), _template("when", "channel")]
+_TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
+
+
+def _whatsapp_template_name(value: Any) -> str:
+    if not isinstance(value, str) or not _TEMPLATE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a WhatsApp template name (lower-case letters, digits, _)"
+        )
+    return value
+
+
+def _language_code(value: Any) -> str:
+    if not isinstance(value, str) or not _LANGUAGE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a language code like ru or en_US")
+    return value
+
+
+class ReminderTexts(_Section):
+    """The reminders' words, for the client and for the manager's CRM."""
+
+    day_before: ClientText = (
+        "Напоминаем о вашей записи {when}. Подтвердите, пожалуйста, что придёте."
+    )
+    hours_before: ClientText = "Ждём вас {when}. Всё в силе?"
+    confirm_button: ButtonText = "Подтверждаю"
+    cancel_button: ButtonText = "Отменить запись"
+    confirmed: ClientText = "Спасибо! Ждём вас {when}."
+    cancelled: ClientText = (
+        "Запись отменена. Администратор свяжется с вами, чтобы подобрать другое время."
+    )
+    forwarded: ClientText = "Передал ваше сообщение администратору, он скоро ответит."
+    comment_confirmed: ManagerText = (
+        "Клиент подтвердил визит {when} кнопкой в напоминании ({channel})."
+    )
+    comment_cancelled: ManagerText = (
+        "Клиент отменил визит {when} кнопкой в напоминании ({channel})."
+    )
+    comment_stale_answer: Annotated[
+        str, Field(min_length=1), _template("when", "channel", "answer")
+    ] = (
+        "Клиент нажал «{answer}» в напоминании о визите {when} ({channel}), "
+        "но запись уже изменилась."
+    )
+    comment_message: Annotated[
+        str, Field(min_length=1), _template("when", "channel", "text")
+    ] = "Ответ клиента на напоминание о визите {when} ({channel}):\n{text}"
+    notify_message: Annotated[
+        str, Field(min_length=1), _template("when", "channel", "deal")
+    ] = (
+        "Клиент написал в ответ на напоминание о визите {when} ({channel}), "
+        "сделка {deal}."
+    )
+    task_call: ManagerText = "Позвонить клиенту: визит {when} не подтверждён"
+    task_rebook: ManagerText = "Клиент отменил визит {when}: предложить другое время"
+    task_unreachable: ManagerText = (
+        "Напоминание о визите {when} не доставлено ({channel}): позвонить клиенту"
+    )
+    task_outcome: ManagerText = "Отметить итог визита {when}: пришёл клиент или нет"
+
+
+class ReminderRules(_Section):
+    """When reminders go out, what they say, and what the manager is asked to do."""
+
+    enabled: bool = Field(default=True, strict=True)
+    # The day before the visit at this local time, and whole hours before it.
+    day_before: bool = Field(default=True, strict=True)
+    day_before_at: Clock = time(12, 0)
+    hours_before: Annotated[
+        list[Annotated[int, Field(ge=1, le=47, strict=True)]], ListedOnce
+    ] = [2]
+    # No client message from start to end (across midnight when start > end); a
+    # reminder may go at either boundary itself.
+    quiet_hours: tuple[Clock, Clock] = (time(21, 0), time(9, 0))
+    # A call task this many hours before a visit the client has not confirmed; 0: off.
+    call_if_unconfirmed_hours: int = Field(default=3, ge=0, le=47, strict=True)
+    # A task to record the outcome on the next working morning after the visit.
+    outcome_check: bool = Field(default=True, strict=True)
+    # The reconcile job looks this far ahead, every this many minutes.
+    horizon_hours: int = Field(default=48, ge=1, le=168, strict=True)
+    reconcile_minutes: int = Field(default=5, ge=1, le=30, strict=True)
+    # The approved template sent outside WhatsApp's 24-hour window; its quick-reply
+    # buttons must read as confirm_button and cancel_button, in that order: each is
+    # sent the visit's data by position.
+    whatsapp_template: Annotated[str, BeforeValidator(_whatsapp_template_name)] = (
+        "visit_reminder"
+    )
+    whatsapp_language: Annotated[str, BeforeValidator(_language_code)] = "ru"
+    whatsapp_parameters: list[ClientText] = ["{when}"]
+    texts: ReminderTexts = ReminderTexts()
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours_differ(cls, hours: tuple[time, time]) -> tuple[time, time]:
+        if hours[0] == hours[1]:
+            raise ValueError("start and end must differ")
+        return hours
+
+    @field_validator("reconcile_minutes")
+    @classmethod
+    def _divides_the_hour(cls, minutes: int) -> int:
+        if 60 % minutes:
+            raise ValueError("must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30)")
+        return minutes
+
+    @model_validator(mode="after")
+    def _distinct_buttons(self) -> ReminderRules:
+        if self.texts.confirm_button == self.texts.cancel_button:
+            raise _Problem(
+                "must differ from confirm_button", at=("texts", "cancel_button")
+            )
+        return self
+
+
+# --- intake hand-off ----------------------------------------------------------------
+
+NEXT_MORNING = "next_morning"
+# A week of working minutes: longer is not a call-back deadline.
+_MAX_DEADLINE_MINUTES = 7 * 24 * 60
+IntakeChannel = Literal["telegram", "whatsapp"]
+# What the hand-off can write into a user field of the deal or lead, as text.
+QualificationItem = Literal[
+    "service", "preferred_time", "readiness", "urgency", "budget", "summary", "channel"
+]
+
+
+def _deadline(value: Any) -> int | str:
+    if value == NEXT_MORNING:
+        return NEXT_MORNING
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'must be working minutes or "{NEXT_MORNING}"')
+    if not 1 <= value <= _MAX_DEADLINE_MINUTES:
+        raise ValueError(f"must lie within 1–{_MAX_DEADLINE_MINUTES} working minutes")
+    return value
+
+
+def _source_id(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_|:.-]{1,50}", value):
+        raise ValueError(f"{value!r} is not a source id like TELEGRAM or UC_1A2B3C")
+    return value
+
+
+CallBack = Annotated[int | str, BeforeValidator(_deadline)]
+SourceId = Annotated[str, BeforeValidator(_source_id)]
+FieldCode = Annotated[str, BeforeValidator(_field_code)]
+
+
+class IntakeDeadlines(_Section):
+    """How soon the manager calls back, by readiness: working minutes of the
+    manager's shift, or "next_morning" (the next opening plus the grace)."""
+
+    hot: CallBack = 15
+    warm: CallBack = 120
+    cold: CallBack = NEXT_MORNING
+    morning_grace_minutes: int = Field(default=60, ge=0, le=720, strict=True)
+
+
+class Shift(_Section):
+    """One manager's working days and hours; what is left out follows [calendar]."""
+
+    working_days: list[Weekday] | None = None
+    hours: Hours | None = None
+
+
+class IntakeRules(_Section):
+    """Who gets a new lead, by when, and how it is written into the CRM."""
+
+    # Bitrix24 user ids taking new clients in turn; empty: the [bonus.managers] ids.
+    managers: list[UserId] = []
+    shifts: dict[UserId, Shift] = {}
+    deadlines: IntakeDeadlines = IntakeDeadlines()
+    # SOURCE_ID per channel; `leadloop setup` or the portal's admin creates them.
+    sources: dict[IntakeChannel, SourceId] = {
+        "telegram": "TELEGRAM",
+        "whatsapp": "WHATSAPP",
+    }
+    # The qualification in Russian in COMMENTS, and item by item in user fields.
+    comments: bool = Field(default=True, strict=True)
+    fields: dict[QualificationItem, FieldCode] = {}
+    # A personal notification to the manager besides the task's own (Bitrix24
+    # notifies a task's responsible when another user sets it); one more portal
+    # request a lead.
+    notify: bool = Field(default=False, strict=True)
+
+    def manager_ids(self, bonus: BonusRules) -> list[int]:
+        """The managers taking new clients, in id order."""
+        ids = self.managers or list(bonus.managers)
+        return sorted({int(user_id) for user_id in ids})
 
 
 class BusinessRules(_Section):
@@ -366,7 +882,11 @@ class BusinessRules(_Section):
     kpi: KpiRules = KpiRules()
     money: MoneyRules = MoneyRules()
     bonus: BonusRules = BonusRules()
+    services: Services = DEFAULT_SERVICES
     messages: Messages = Messages()
+    report: ReportRules = ReportRules()
+    reminders: ReminderRules = ReminderRules()
+    intake: IntakeRules = IntakeRules()
 
     @property
     def zone(self) -> ZoneInfo:

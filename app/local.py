@@ -1,4 +1,10 @@
-"""Everything in one process for development and demos: sandbox, API and worker."""
+"""Everything in one process for development and demos: sandbox, API and worker.
+
+Where no Telegram or WhatsApp credentials are set, the bots are the sandbox's: the
+service sends to the sandbox's Bot API and Graph API, and the sandbox delivers what
+a person types at `/_sandbox/telegram/deliver` or `/_sandbox/whatsapp/deliver` to
+the service's webhooks, so a whole conversation can be watched on one machine.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,10 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import httpx
 import structlog
 import uvicorn
 from pydantic import SecretStr
@@ -23,10 +30,19 @@ from app.clients import ping_redis, redact_url, redis_client
 from app.config import BusinessRules
 from app.settings import Settings
 from app.worker import build_worker
+from connectors.messengers.base import MessengerError, messenger_client
+from connectors.messengers.telegram import ALLOWED_UPDATES, TelegramSender
+from sandbox.telegram import SANDBOX_BOT_TOKEN
+from sandbox.whatsapp import (
+    SANDBOX_APP_SECRET,
+    SANDBOX_PHONE_NUMBER_ID,
+    SANDBOX_WHATSAPP_ACCESS_TOKEN,
+)
 
 log = structlog.stdlib.get_logger(__name__)
 
 SANDBOX_WEBHOOK_PATH = "/rest/1/sandbox/"
+SANDBOX_GRAPH_VERSION = "v22.0"
 # Open connections get this long to finish after Ctrl-C before they are dropped.
 GRACEFUL_SHUTDOWN_S = 5
 
@@ -44,6 +60,9 @@ class Listening:
     api: str
     docs: str
     redis: str
+    # The sandbox bots' chats, when the service talks to them (empty otherwise).
+    telegram: str = ""
+    whatsapp: str = ""
 
 
 class _Server(uvicorn.Server):
@@ -67,11 +86,94 @@ def local_settings(settings: Settings) -> tuple[Settings, str]:
     token = settings.bitrix24_application_token
     if token is None:
         token = SecretStr(secrets.token_urlsafe(16))
-    update: dict[str, SecretStr] = {"bitrix24_application_token": token}
+    base = sandbox_base_url(settings.sandbox_host, settings.sandbox_port)
+    update: dict[str, object] = {"bitrix24_application_token": token}
     if settings.bitrix24_webhook_url is None:
-        base = sandbox_base_url(settings.sandbox_host, settings.sandbox_port)
         update["bitrix24_webhook_url"] = SecretStr(base + SANDBOX_WEBHOOK_PATH)
+    update |= _sandbox_messengers(settings, base)
     return settings.model_copy(update=update), token.get_secret_value()
+
+
+def _sandbox_messengers(settings: Settings, base: str) -> dict[str, object]:
+    """The sandbox's bots for each channel that has no credentials of its own."""
+    update: dict[str, object] = {}
+    if settings.telegram_bot_token is None:
+        update |= {
+            "telegram_bot_token": SecretStr(SANDBOX_BOT_TOKEN),
+            "telegram_api_base": base,
+            "telegram_webhook_secret": settings.telegram_webhook_secret
+            or SecretStr(secrets.token_urlsafe(24)),
+        }
+    if settings.whatsapp_access_token is None:
+        update |= {
+            "whatsapp_access_token": SecretStr(SANDBOX_WHATSAPP_ACCESS_TOKEN),
+            "whatsapp_phone_number_id": SANDBOX_PHONE_NUMBER_ID,
+            "whatsapp_app_secret": SecretStr(SANDBOX_APP_SECRET),
+            "whatsapp_api_base": f"{base}/{SANDBOX_GRAPH_VERSION}",
+            "whatsapp_verify_token": settings.whatsapp_verify_token
+            or SecretStr(secrets.token_urlsafe(24)),
+        }
+    return update
+
+
+async def connect_sandbox_messengers(
+    settings: Settings, sandbox: str, api: str, http: httpx.AsyncClient
+) -> tuple[bool, bool]:
+    """Point the sandbox bots' webhooks at the API; which of (telegram, whatsapp)
+    now deliver to it.
+
+    Only bots that live in the sandbox are touched: a real bot's webhook is set
+    where the real service runs, never at a local address. A sandbox that does not
+    answer for a bot leaves it unconnected, with a warning.
+    """
+    telegram = whatsapp = False
+    try:
+        if settings.telegram_api_base.rstrip("/") == sandbox:
+            await _set_telegram_webhook(settings, sandbox, api, http)
+            telegram = True
+        if settings.whatsapp_api_base.startswith(f"{sandbox}/"):
+            await _subscribe_whatsapp(settings, sandbox, api, http)
+            whatsapp = True
+    except (MessengerError, httpx.HTTPError) as error:
+        log.warning("run.messenger_not_connected", error=type(error).__name__)
+    log.info("run.messengers_connected", telegram=telegram, whatsapp=whatsapp)
+    return telegram, whatsapp
+
+
+async def _set_telegram_webhook(
+    settings: Settings, sandbox: str, api: str, http: httpx.AsyncClient
+) -> None:
+    token, secret = settings.telegram_bot_token, settings.telegram_webhook_secret
+    if token is None or secret is None:
+        raise LocalRunError("the sandbox bot needs LEADLOOP_TELEGRAM_WEBHOOK_SECRET")
+    bot = TelegramSender(http, token, sandbox)
+    await bot.call(
+        "setWebhook",
+        {
+            "url": f"{api}/webhooks/telegram",
+            "secret_token": secret.get_secret_value(),
+            "allowed_updates": list(ALLOWED_UPDATES),
+            "drop_pending_updates": True,
+        },
+    )
+
+
+async def _subscribe_whatsapp(
+    settings: Settings, sandbox: str, api: str, http: httpx.AsyncClient
+) -> None:
+    def plain(secret: SecretStr | None) -> str:
+        return secret.get_secret_value() if secret is not None else ""
+
+    # The sandbox checks the callback with Meta's GET handshake before it saves it.
+    answer = await http.post(
+        f"{sandbox}/_sandbox/whatsapp/settings",
+        json={
+            "webhook_url": f"{api}/webhooks/whatsapp",
+            "verify_token": plain(settings.whatsapp_verify_token),
+            "app_secret": plain(settings.whatsapp_app_secret),
+        },
+    )
+    answer.raise_for_status()
 
 
 async def run_local(
@@ -105,7 +207,12 @@ async def run_local(
         ]
         try:
             await _until_started(sandbox, api, tasks)
-            on_ready(_listening(settings, sandbox_socket, api_socket))
+            listening = _listening(settings, sandbox_socket, api_socket)
+            async with messenger_client() as http:
+                wired = await connect_sandbox_messengers(
+                    settings, listening.sandbox, listening.api, http
+                )
+            on_ready(_with_chats(listening, *wired))
             log.info("run.ready")
             await _until_stopped(stop, tasks)
         finally:
@@ -223,6 +330,19 @@ def _listening(
         api=api,
         docs=f"{api}/docs",
         redis=redact_url(settings.redis_url),
+    )
+
+
+def _with_chats(listening: Listening, telegram: bool, whatsapp: bool) -> Listening:
+    base = f"{listening.sandbox}/_sandbox"
+    return replace(
+        listening,
+        telegram=f"{base}/telegram/deliver, replies at {base}/telegram/messages"
+        if telegram
+        else "",
+        whatsapp=f"{base}/whatsapp/deliver, replies at {base}/whatsapp/messages"
+        if whatsapp
+        else "",
     )
 
 

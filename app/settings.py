@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
+    # "json_schema" (structured output), "json_object" (JSON mode) or "text" for
+    # endpoints that support neither; the answer is validated the same way.
+    llm_response_format: Literal["json_schema", "json_object", "text"] = "json_schema"
+    # One call, then the whole turn with retries: well under the arq job timeout, so
+    # the rule-based qualifier still answers the client in time.
+    llm_timeout_s: float = Field(default=20.0, gt=0, le=120)
+    llm_deadline_s: float = Field(default=30.0, gt=0, le=300)
 
     # Admin API
     admin_token: SecretStr | None = None

@@ -10,12 +10,16 @@ from typing import Any
 
 import structlog
 from arq.connections import RedisSettings
-from arq.cron import CronJob
+from arq.cron import CronJob, cron
 from arq.worker import Worker, create_worker
 
 from app.clients import open_clients
 from app.config import BusinessRules
 from app.settings import Settings, get_settings
+from kpi_engine.tasks import WEEKLY_REPORT
+from qualification.handler import hand_off_job, open_intake
+from reminders import jobs as reminder_jobs
+from webhooks.jobs import process_chat_job, sweep_inboxes
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -33,10 +37,16 @@ async def startup(ctx: JobContext) -> None:
         ctx["settings"] = get_settings()
     settings: Settings = ctx["settings"]
     ctx["clients"] = open_clients(settings.redis_url)
+    if "inbound_handler" not in ctx:
+        # The intake chain; a test may bring a handler of its own instead.
+        ctx["intake"] = open_intake(ctx)
     log.info("worker.started")
 
 
 async def shutdown(ctx: JobContext) -> None:
+    intake = ctx.pop("intake", None)
+    if intake is not None:
+        await intake.aclose()
     clients = ctx.pop("clients", None)
     if clients is not None:
         await clients.aclose()
@@ -55,9 +65,19 @@ async def job_ended(ctx: JobContext) -> None:
 class WorkerSettings:
     """What every worker runs; arq reads these class attributes."""
 
-    functions = (ping,)
-    # Later issues add the reminder, reconcile and weekly-report schedules here.
-    cron_jobs: tuple[CronJob, ...] = ()
+    functions = (
+        ping,
+        process_chat_job(),
+        sweep_inboxes,
+        hand_off_job(),
+        *reminder_jobs.functions(),
+    )
+    # The reminders' reconcile line follows the rules: build_worker adds it.
+    # Inboxes nothing holds (a job arq gave up on) are picked up again every minute.
+    cron_jobs: tuple[CronJob, ...] = (
+        WEEKLY_REPORT,
+        cron(sweep_inboxes, second=30),
+    )
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = job_started
@@ -73,7 +93,9 @@ def build_worker(settings: Settings, rules: BusinessRules, **overrides: Any) -> 
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         # Never the container's zone: cron lines are written in business time.
         "timezone": rules.zone,
-        "ctx": {"settings": settings},
+        "ctx": {"settings": settings, "rules": rules},
+        # The reconcile cadence is a business rule, so its line is made here.
+        "cron_jobs": (*WorkerSettings.cron_jobs, reminder_jobs.reconcile_cron(rules)),
         **overrides,
     }
     return create_worker(dict(vars(WorkerSettings)), **options)

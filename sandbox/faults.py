@@ -6,8 +6,9 @@ the platform it targets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 FaultKind = Literal[
     "error", "status", "html", "latency", "timeout_after_write", "redirect"
@@ -81,41 +82,60 @@ class Fault:
         return self.in_batch and not self.rejects_whole_request()
 
 
+class _Countdown(Protocol):
+    times: int
+
+
+F = TypeVar("F", bound=_Countdown)
+
+
 @dataclass
-class FaultBook:
-    faults: list[Fault] = field(default_factory=list)
+class _Book(Generic[F]):
+    """Scripted faults, taken in the order they were added, each for `times` calls."""
 
-    def add(self, fault: Fault) -> None:
+    faults: list[F] = field(default_factory=list)
+
+    def add(self, fault: F) -> None:
         self.faults.append(fault)
-
-    def take(self, method: str, *, in_batch: bool = False) -> Fault | None:
-        """The first fault that applies to this call, spending one of its uses."""
-        for fault in self.faults:
-            if not fault.matches(method) or (in_batch and not fault.applies_in_batch()):
-                continue
-            fault.times -= 1
-            if fault.times <= 0:
-                self.faults.remove(fault)
-            return fault
-        return None
-
-    def take_for_batch(self, methods: list[str]) -> Fault | None:
-        """A whole-request fault on any method a batch names, spending one use."""
-        for fault in self.faults:
-            if not fault.in_batch or not fault.rejects_whole_request():
-                continue
-            if any(fault.matches(name) for name in methods):
-                fault.times -= 1
-                if fault.times <= 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
 
     def describe(self) -> list[dict[str, Any]]:
         return [vars(fault).copy() for fault in self.faults]
 
     def clear(self) -> None:
         self.faults.clear()
+
+    def _spend(self, applies: Callable[[F], bool]) -> F | None:
+        """The first fault that applies, spending one of its uses."""
+        for fault in self.faults:
+            if applies(fault):
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+
+@dataclass
+class FaultBook(_Book[Fault]):
+    """Scripted faults for the Bitrix24 methods."""
+
+    def take(self, method: str, *, in_batch: bool = False) -> Fault | None:
+        """The first fault that applies to this call, spending one of its uses."""
+        return self._spend(
+            lambda fault: (
+                fault.matches(method) and (not in_batch or fault.applies_in_batch())
+            )
+        )
+
+    def take_for_batch(self, methods: list[str]) -> Fault | None:
+        """A whole-request fault on any method a batch names, spending one use."""
+        return self._spend(
+            lambda fault: (
+                fault.in_batch
+                and fault.rejects_whole_request()
+                and any(fault.matches(name) for name in methods)
+            )
+        )
 
 
 @dataclass
@@ -303,30 +323,12 @@ def messenger_fault(entry: dict[str, Any]) -> MessengerFault:
 
 
 @dataclass
-class MessengerFaultBook:
-    """Scripted faults for the messenger APIs, taken in the order they were added."""
-
-    faults: list[MessengerFault] = field(default_factory=list)
-
-    def add(self, fault: MessengerFault) -> None:
-        self.faults.append(fault)
+class MessengerFaultBook(_Book[MessengerFault]):
+    """Scripted faults for the messenger APIs."""
 
     def take(self, target: str, method: str, recipient: str) -> MessengerFault | None:
         """The first fault for this call, spending one of its uses."""
-        for fault in self.faults:
-            if not fault.matches(target, method, recipient):
-                continue
-            fault.times -= 1
-            if fault.times <= 0:
-                self.faults.remove(fault)
-            return fault
-        return None
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [vars(fault).copy() for fault in self.faults]
-
-    def clear(self) -> None:
-        self.faults.clear()
+        return self._spend(lambda fault: fault.matches(target, method, recipient))
 
 
 # What a proxy in front of an API answers when the API behind it is down.

@@ -13,7 +13,10 @@ Updates are delivered the way the Bot API's `WebhookActor` does: one queue per
 chat (button presses per user, member changes apart), only the head of a queue in
 flight, a failed update blocking its queue until it succeeds. Unlike Telegram the
 sandbox does not retry on a timer: `POST /_sandbox/telegram/flush` (or the next
-delivery to that queue) tries again.
+delivery to that queue) tries again. A Bot API call in a webhook's 2xx answer
+(`{"method": "answerCallbackQuery", …}`) runs as Telegram runs it, unreported.
+Update ids rise from a number read off the clock, so a restarted sandbox does not
+hand out the ids of an earlier run again.
 """
 
 from __future__ import annotations
@@ -50,7 +53,17 @@ SANDBOX_BOT_ID = 999000001
 SANDBOX_BOT_TOKEN = "999000001:AAHsandbox-leadloop-bot-token-0000"  # noqa: S105
 BOT_FIRST_NAME = "Leadloop Sandbox"
 BOT_USERNAME = "leadloop_sandbox_bot"
-FIRST_UPDATE_ID = 700000001
+# Update ids start from the clock: the service remembers the ids it has seen for a
+# week, so a sandbox started later must number above the ids an earlier one handed
+# out (as one bot's ids keep rising on Telegram), or its first updates are dropped
+# as repeats. Ten ids a second since 2026-01-01 stay a realistic 9-10 digit int
+# within a signed 32-bit one (update_id carries no "more than 32 bits" note): the
+# next start begins higher unless a run handed out more than ten ids a second on
+# average. The count wraps every six years or so, onto ids last used years before.
+UPDATE_IDS_PER_SECOND = 10
+_UPDATE_ID_EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z
+_UPDATE_ID_FLOOR = 100_000_000
+_UPDATE_ID_SPAN = 2_000_000_000
 DELIVERY_TIMEOUT_S = 10.0  # Telegram waits 60 s; a test should fail sooner
 MAX_TEXT_UTF16 = 4096  # "1-4096 characters after entities parsing", in UTF-16 units
 MAX_CALLBACK_DATA_BYTES = 64
@@ -63,6 +76,8 @@ QUERY_TOO_OLD = TELEGRAM_ERRORS["query_too_old"]
 _TOKEN = re.compile(r"[1-9]\d{0,15}:[A-Za-z0-9_-]{1,70}")
 _SECRET = re.compile(r"[A-Za-z0-9_-]*")
 _PARSE_MODES = frozenset({"html", "markdown", "markdownv2"})
+# Calls a webhook answer may not make (reference §1.4).
+_IGNORED_IN_REPLY = re.compile(r"setwebhook|deletewebhook|close|logout|get\w*", re.I)
 _UPDATE_KINDS = (
     "message",
     "edited_message",
@@ -226,6 +241,12 @@ class _Queues:
         self.by_key.clear()
 
 
+def first_update_id(now: float) -> int:
+    """The update id a sandbox started at `now` (Unix seconds) numbers from."""
+    ticks = int((now - _UPDATE_ID_EPOCH) * UPDATE_IDS_PER_SECOND)
+    return _UPDATE_ID_FLOOR + ticks % _UPDATE_ID_SPAN
+
+
 class TelegramSandbox:
     """One bot: its Bot API, its webhook and what it sent."""
 
@@ -234,6 +255,7 @@ class TelegramSandbox:
         self.token = SANDBOX_BOT_TOKEN
         self.delivery_timeout_s = DELIVERY_TIMEOUT_S
         self.webhook = Webhook()
+        self._next_update_id = 0
         self._methods: dict[str, tuple[str, Handler]] = {
             name.lower(): (name, handler)
             for name, handler in (
@@ -260,7 +282,8 @@ class TelegramSandbox:
         self.open_callbacks: set[str] = set()
         self.queues = _Queues()
         self.polled: list[dict[str, Any]] = []
-        self._next_update_id = FIRST_UPDATE_ID
+        # Never backwards: a reset keeps the numbering rising, as a restart does.
+        self._next_update_id = max(self._next_update_id, first_update_id(time.time()))
         self._next_message_id: dict[int, int] = {}
         self._seq = 0
         self.webhook.last_error_date = 0
@@ -618,7 +641,9 @@ class TelegramSandbox:
             self._webhook_failed(_transport_error_text(error))
         else:
             outcome["status"] = response.status_code
-            if not response.is_success:
+            if response.is_success:
+                await self._run_reply(response)
+            else:
                 phrase = _phrase(response.status_code)
                 self._webhook_failed(
                     f"Wrong response from the webhook: {response.status_code} {phrase}"
@@ -630,6 +655,18 @@ class TelegramSandbox:
             outcome["status"],
         )
         return outcome
+
+    async def _run_reply(self, response: httpx.Response) -> None:
+        """Run the Bot API call a webhook's answer carries, as Telegram does (reference
+        §1.4): its result and errors are never reported, and `setWebhook`,
+        `deleteWebhook`, `close`, `logOut` and `get*` are ignored there."""
+        args = _reply_args(response)
+        method = args.pop("method", "")
+        found = self._methods.get(method.lower())
+        if found is None or _IGNORED_IN_REPLY.fullmatch(method):
+            return
+        name, handler = found
+        await self._run(name, handler, args)
 
     def _webhook_failed(self, message: str) -> None:
         self.webhook.last_error_date = int(time.time())
@@ -742,6 +779,17 @@ async def read_args(request: Request) -> dict[str, str]:
         text = raw.decode("utf-8", errors="replace")
         args.update(parse_qsl(text, keep_blank_values=True))
     return args
+
+
+def _reply_args(response: httpx.Response) -> dict[str, str]:
+    """The arguments of a webhook answer's call: a JSON object or a form; else none."""
+    content_type = response.headers.get("content-type", "").split(";")[0].strip()
+    if content_type.lower() == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(response.text, keep_blank_values=True))
+    try:
+        return _json_args(response.content)
+    except BotApiError:
+        return {}
 
 
 def _json_args(raw: bytes) -> dict[str, str]:

@@ -17,6 +17,10 @@ Beyond the legacy CRM lists the same paging serves `crm.item.list`, the stage hi
 the server filters `>ID` and sorts by ID unless told otherwise, srv
 `rest/lib/api/user.php`) and `tasks.task.list` (`TASKS`: UPPER names in, camelCase
 rows out).
+
+`pull_ids` reads the rows of known ids, or of known owners by another key: a list
+command per chunk of ids, 50 commands to a batch, a full page continued by a keyset
+pull of that chunk alone.
 """
 
 from __future__ import annotations
@@ -26,7 +30,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.bitrix24.client import BatchResult, Bitrix24Client, Command
+from connectors.bitrix24.client import (
+    MAX_BATCH_COMMANDS,
+    BatchResult,
+    Bitrix24Client,
+    Command,
+)
 from connectors.bitrix24.encoding import BatchRef
 from connectors.bitrix24.errors import IncompletePull, UnknownField
 from connectors.bitrix24.models import RowModel, validate_row
@@ -211,10 +220,8 @@ class Puller:
     def __init__(
         self, client: Bitrix24Client, *, pages_per_batch: int = MAX_PAGES_PER_BATCH
     ) -> None:
-        if not 1 <= pages_per_batch <= MAX_PAGES_PER_BATCH:
-            raise ValueError(f"pages_per_batch must be 1..{MAX_PAGES_PER_BATCH}")
         self.client = client
-        self.pages_per_batch = pages_per_batch
+        self.pages_per_batch = _pages(pages_per_batch)
         self._fields: dict[str, FieldMap] = {}
 
     async def fields(self, entity: ListedEntity) -> FieldMap:
@@ -246,8 +253,16 @@ class Puller:
         select: Sequence[str] | None = None,
         *,
         after_id: int = 0,
+        pages_per_batch: int | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every row matching `filter` with id above `after_id`, in id order."""
+        """Every row matching `filter` with id above `after_id`, in id order.
+
+        `pages_per_batch` overrides the puller's for this pull: a pull that is
+        nearly always empty chains few pages, since each chained page costs the
+        portal a list query even after the chain has ended.
+        """
+        pages = self.pages_per_batch if pages_per_batch is None else pages_per_batch
+        pages = _pages(pages)
         spec = resolve_entity(entity)
         fields = await self.fields(spec)
         checked_filter = check_filter(spec, fields, filter or {})
@@ -256,16 +271,63 @@ class Puller:
         last_id = after_id
         while True:
             result = await self.client.batch(
-                self._chain(spec, checked_filter, columns, last_id), halt=True
+                _chain(spec, checked_filter, columns, last_id, pages), halt=True
             )
-            for page in range(self.pages_per_batch):
+            for page in range(pages):
                 rows = _page_rows(spec, result, f"p{page}")
-                ids = _checked_ids(spec, rows, last_id, page)
+                ids = _checked_ids(spec, rows, last_id, f"p{page}")
                 for row in rows:
                     yield row
                 if len(rows) < PAGE_SIZE:
                     return
                 last_id = ids[-1]
+
+    async def pull_ids(
+        self,
+        entity: str | ListedEntity,
+        key: str,
+        ids: Sequence[int],
+        filter: Mapping[str, object] | None = None,
+        select: Sequence[str] | None = None,
+        *,
+        per_command: int = PAGE_SIZE,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every row whose `key` is one of `ids` and that matches `filter`.
+
+        `per_command` ids (at most 50) go to one list command and 50 commands to a
+        batch. A page holds 50 rows, so a command that comes back short has
+        returned every row of its ids; one that comes back full is continued by a
+        keyset pull of its ids alone. Rows come in id order per command, not
+        overall.
+        """
+        if not 1 <= per_command <= PAGE_SIZE:
+            raise ValueError(f"per_command must be 1..{PAGE_SIZE}")
+        spec = resolve_entity(entity)
+        fields = await self.fields(spec)
+        checked = check_filter(spec, fields, {**(filter or {}), f"@{key}": []})
+        columns = check_select(spec, fields, select)
+        chunks = [ids[i : i + per_command] for i in range(0, len(ids), per_command)]
+
+        for first in range(0, len(chunks), MAX_BATCH_COMMANDS):
+            group = chunks[first : first + MAX_BATCH_COMMANDS]
+            commands = {
+                f"c{n}": _list_command(spec, {**checked, f"@{key}": chunk}, columns)
+                for n, chunk in enumerate(group)
+            }
+            result = await self.client.batch(commands, halt=True)
+            for name, chunk in zip(commands, group, strict=True):
+                rows = _page_rows(spec, result, name)
+                _checked_ids(spec, rows, 0, name)
+                if key == spec.id_field:
+                    _check_asked(spec, rows, chunk)
+                for row in rows:
+                    yield row
+                if len(rows) == PAGE_SIZE and key != spec.id_field:
+                    # A full page may hide more rows: the rest of these ids alone.
+                    rest = {**(filter or {}), f"@{key}": list(chunk)}
+                    after = _row_id(spec, rows[-1])
+                    async for row in self.pull(spec, rest, select, after_id=after):
+                        yield row
 
     async def pull_models(
         self,
@@ -275,32 +337,51 @@ class Puller:
         select: Sequence[str] | None = None,
         *,
         after_id: int = 0,
+        pages_per_batch: int | None = None,
     ) -> AsyncIterator[RowModel]:
         """`pull` with every row validated as `model`; a bad row raises InvalidRow."""
-        rows = self.pull(entity, filter, select, after_id=after_id)
+        rows = self.pull(
+            entity, filter, select, after_id=after_id, pages_per_batch=pages_per_batch
+        )
         async for row in rows:
             yield validate_row(model, row)
 
-    def _chain(
-        self,
-        spec: ListedEntity,
-        checked_filter: Mapping[str, object],
-        columns: list[str],
-        last_id: int,
-    ) -> dict[str, Command]:
-        commands: dict[str, Command] = {}
-        for page in range(self.pages_per_batch):
-            above: object = last_id if page == 0 else spec.last_id_ref(f"p{page - 1}")
-            params: dict[str, object] = {
-                **spec.fixed_params,
-                **spec.ordering(),
-                "filter": {**checked_filter, f">{spec.id_field}": above},
-            }
-            if columns:
-                params["select"] = columns
-            params["start"] = -1
-            commands[f"p{page}"] = Command(spec.list_method, params)
-        return commands
+
+def _pages(pages_per_batch: int) -> int:
+    if not 1 <= pages_per_batch <= MAX_PAGES_PER_BATCH:
+        raise ValueError(f"pages_per_batch must be 1..{MAX_PAGES_PER_BATCH}")
+    return pages_per_batch
+
+
+def _chain(
+    spec: ListedEntity,
+    checked_filter: Mapping[str, object],
+    columns: list[str],
+    last_id: int,
+    pages: int,
+) -> dict[str, Command]:
+    """`pages` list commands, each above the last id of the page before."""
+    commands: dict[str, Command] = {}
+    for page in range(pages):
+        above: object = last_id if page == 0 else spec.last_id_ref(f"p{page - 1}")
+        page_filter = {**checked_filter, f">{spec.id_field}": above}
+        commands[f"p{page}"] = _list_command(spec, page_filter, columns)
+    return commands
+
+
+def _list_command(
+    spec: ListedEntity, checked_filter: Mapping[str, object], columns: list[str]
+) -> Command:
+    """One page of the list in id order, without COUNT (`start=-1`)."""
+    params: dict[str, object] = {
+        **spec.fixed_params,
+        **spec.ordering(),
+        "filter": dict(checked_filter),
+    }
+    if columns:
+        params["select"] = columns
+    params["start"] = -1
+    return Command(spec.list_method, params)
 
 
 def pull(
@@ -432,7 +513,7 @@ def _page_rows(spec: ListedEntity, result: BatchResult, name: str) -> list[Any]:
 
 
 def _checked_ids(
-    spec: ListedEntity, rows: list[Any], last_id: int, page: int
+    spec: ListedEntity, rows: list[Any], last_id: int, name: str
 ) -> list[int]:
     ids: list[int] = []
     previous = last_id
@@ -440,13 +521,22 @@ def _checked_ids(
         row_id = _row_id(spec, row)
         if row_id <= previous:
             raise IncompletePull(
-                f"{spec.list_method}: page p{page} has id {row_id} after {previous}; "
+                f"{spec.list_method}: page {name} has id {row_id} after {previous}; "
                 "the portal did not apply the keyset filter, rows may be missing",
                 method=spec.list_method,
             )
         ids.append(row_id)
         previous = row_id
     return ids
+
+
+def _check_asked(spec: ListedEntity, rows: list[Any], asked: Sequence[int]) -> None:
+    if not {_row_id(spec, row) for row in rows} <= set(asked):
+        raise IncompletePull(
+            f"{spec.list_method}: rows by {spec.id_field} that were not asked for "
+            "(the portal dropped the filter)",
+            method=spec.list_method,
+        )
 
 
 def _row_id(spec: ListedEntity, row: object) -> int:

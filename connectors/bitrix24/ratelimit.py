@@ -119,3 +119,15 @@ class NoRateLimit:
 
     async def acquire(self) -> float:
         return 0.0
+
+
+class RequestMeter:
+    """A rate limiter that also counts the HTTP requests passing through it."""
+
+    def __init__(self, inner: RequestLimiter) -> None:
+        self.inner = inner
+        self.requests = 0
+
+    async def acquire(self) -> float:
+        self.requests += 1
+        return await self.inner.acquire()

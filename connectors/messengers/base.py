@@ -27,15 +27,20 @@ than a gap.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NotRequired, Protocol, TypedDict, Unpack
 
 import httpx
+from pydantic import SecretStr
 
 # Both APIs answer in well under a second; a connection that has not opened in 5 s
 # or an answer that has not come in 10 s is better reported than waited for.
 MESSENGER_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# A platform's error text is kept to this many characters in an error and its logs.
+DESCRIPTION_LIMIT = 300
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,9 @@ class Template:
     name: str
     language: str = "ru"
     parameters: Sequence[str] = ()
+    # What the template's quick-reply buttons send back when tapped, by button
+    # position; a button given nothing sends its own text.
+    quick_replies: Sequence[str] = ()
 
 
 class Sender(Protocol):
@@ -84,6 +92,16 @@ class Sender(Protocol):
 def messenger_client() -> httpx.AsyncClient:
     """The HTTP client for one messenger API, made once per process at start-up."""
     return httpx.AsyncClient(timeout=MESSENGER_TIMEOUT, follow_redirects=False)
+
+
+class ErrorDetails(TypedDict):
+    """What every sender error records beside its message."""
+
+    channel: str
+    method: str
+    status: NotRequired[int | None]
+    code: NotRequired[int | None]
+    description: NotRequired[str]
 
 
 class MessengerError(Exception):
@@ -115,24 +133,9 @@ class SlowDown(MessengerError):
     """A rate limit: the same send may go once more after `retry_after_s`."""
 
     def __init__(
-        self,
-        message: str,
-        *,
-        channel: str,
-        method: str,
-        retry_after_s: float,
-        status: int | None = None,
-        code: int | None = None,
-        description: str = "",
+        self, message: str, *, retry_after_s: float, **details: Unpack[ErrorDetails]
     ) -> None:
-        super().__init__(
-            message,
-            channel=channel,
-            method=method,
-            status=status,
-            code=code,
-            description=description,
-        )
+        super().__init__(message, **details)
         self.retry_after_s = retry_after_s
 
 
@@ -148,24 +151,9 @@ class Unavailable(MessengerError):
     """No usable answer; `sent` is False when the request never left this process."""
 
     def __init__(
-        self,
-        message: str,
-        *,
-        channel: str,
-        method: str,
-        status: int | None = None,
-        code: int | None = None,
-        description: str = "",
-        sent: bool = True,
+        self, message: str, *, sent: bool = True, **details: Unpack[ErrorDetails]
     ) -> None:
-        super().__init__(
-            message,
-            channel=channel,
-            method=method,
-            status=status,
-            code=code,
-            description=description,
-        )
+        super().__init__(message, **details)
         self.sent = sent
 
 
@@ -177,24 +165,9 @@ class ChatMigrated(Rejected):
     """Telegram: the group chat moved to a supergroup with `new_chat_id`."""
 
     def __init__(
-        self,
-        message: str,
-        *,
-        channel: str,
-        method: str,
-        new_chat_id: int,
-        status: int | None = None,
-        code: int | None = None,
-        description: str = "",
+        self, message: str, *, new_chat_id: int, **details: Unpack[ErrorDetails]
     ) -> None:
-        super().__init__(
-            message,
-            channel=channel,
-            method=method,
-            status=status,
-            code=code,
-            description=description,
-        )
+        super().__init__(message, **details)
         self.new_chat_id = new_chat_id
 
 
@@ -212,3 +185,27 @@ def transport_error(
         method=method,
         sent=not isinstance(error, NOT_SENT),
     )
+
+
+def as_secret(value: SecretStr | str) -> SecretStr:
+    """A token as `SecretStr`, however it was given."""
+    return value if isinstance(value, SecretStr) else SecretStr(value)
+
+
+def decode_json(response: httpx.Response) -> object:
+    """The answer's JSON, or None when it is none (a proxy's page, an empty body)."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def as_int(value: object) -> int | None:
+    """An integer from JSON or a header: an int or a string of signed digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value)
+    return None

@@ -16,16 +16,21 @@ import structlog
 from pydantic import SecretStr
 
 from connectors.messengers.base import (
+    DESCRIPTION_LIMIT,
     MESSENGER_TIMEOUT,
     AuthFailed,
     Button,
     ChatMigrated,
+    ErrorDetails,
     MessengerError,
     Rejected,
     SentMessage,
     SlowDown,
     Unavailable,
     Unreachable,
+    as_int,
+    as_secret,
+    decode_json,
     transport_error,
 )
 
@@ -42,7 +47,6 @@ QUERY_TOO_OLD = "query is too old"
 NOT_MODIFIED = "message is not modified"
 # When a 429 carries no `retry_after`, wait as long as one chat's limit implies.
 DEFAULT_RETRY_AFTER_S = 1.0
-_DESCRIPTION_LIMIT = 300
 _RETRY_AFTER_TEXT = re.compile(r"retry after (\d+)")
 _NUMERIC_CHAT = re.compile(r"-?\d+")
 
@@ -60,7 +64,7 @@ class TelegramSender:
         phone_button_text: str = PHONE_BUTTON_TEXT,
     ) -> None:
         self._http = http
-        self._token = token if isinstance(token, SecretStr) else SecretStr(token)
+        self._token = as_secret(token)
         self._base = api_base.rstrip("/")
         self._timeout = timeout
         self._phone_button_text = phone_button_text
@@ -118,14 +122,9 @@ class TelegramSender:
         allowed_updates: Sequence[str] = ALLOWED_UPDATES,
     ) -> None:
         """Point the bot's updates at `url`, signed with `secret_token`."""
-        secret = (
-            secret_token.get_secret_value()
-            if isinstance(secret_token, SecretStr)
-            else secret_token
-        )
         params = {
             "url": url,
-            "secret_token": secret,
+            "secret_token": as_secret(secret_token).get_secret_value(),
             "allowed_updates": list(allowed_updates),
         }
         await self.call("setWebhook", params)
@@ -142,7 +141,7 @@ class TelegramSender:
             )
             raise transport_error(failure, channel=CHANNEL, method=method) from None
 
-        body = _decode(response)
+        body = decode_json(response)
         if response.is_success and isinstance(body, Mapping) and body.get("ok"):
             return body.get("result")
         error = map_telegram_error(
@@ -196,21 +195,21 @@ def map_telegram_error(
             method=method,
             status=status,
         )
-    code = _int(body.get("error_code")) or status
-    description = str(body.get("description") or "")[:_DESCRIPTION_LIMIT]
+    code = as_int(body.get("error_code")) or status
+    description = str(body.get("description") or "")[:DESCRIPTION_LIMIT]
     parameters = body.get("parameters")
     parameters = parameters if isinstance(parameters, Mapping) else {}
-    details: dict[str, Any] = {
-        "channel": CHANNEL,
-        "method": method,
-        "status": status,
-        "code": code,
-        "description": description,
-    }
+    details = ErrorDetails(
+        channel=CHANNEL,
+        method=method,
+        status=status,
+        code=code,
+        description=description,
+    )
     message = f"telegram {method}: {code} {description}"
 
-    if _int(parameters.get("migrate_to_chat_id")):
-        new_chat_id = _int(parameters.get("migrate_to_chat_id")) or 0
+    new_chat_id = as_int(parameters.get("migrate_to_chat_id"))
+    if new_chat_id:
         return ChatMigrated(message, new_chat_id=new_chat_id, **details)
     if code == 429:
         delay = _retry_after(parameters, retry_after_header, description)
@@ -235,7 +234,7 @@ def _retry_after(
     parameters: Mapping[str, Any], header: str | None, description: str
 ) -> float:
     for candidate in (parameters.get("retry_after"), header):
-        number = _int(candidate)
+        number = as_int(candidate)
         if number is not None:
             return float(number)
     match = _RETRY_AFTER_TEXT.search(description)
@@ -249,7 +248,7 @@ def _chat_id(chat_id: str) -> int | str:
 
 def _message_id(message: object) -> int:
     if isinstance(message, Mapping):
-        message_id = _int(message.get("message_id"))
+        message_id = as_int(message.get("message_id"))
         if message_id is not None:
             return message_id
     raise Unavailable(
@@ -257,20 +256,3 @@ def _message_id(message: object) -> int:
         channel=CHANNEL,
         method="sendMessage",
     )
-
-
-def _decode(response: httpx.Response) -> object:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return None

@@ -15,9 +15,11 @@ import structlog
 from pydantic import SecretStr
 
 from connectors.messengers.base import (
+    DESCRIPTION_LIMIT,
     MESSENGER_TIMEOUT,
     AuthFailed,
     Button,
+    ErrorDetails,
     MessengerError,
     OutsideWindow,
     Rejected,
@@ -26,6 +28,9 @@ from connectors.messengers.base import (
     Template,
     Unavailable,
     Unreachable,
+    as_int,
+    as_secret,
+    decode_json,
     transport_error,
 )
 
@@ -41,7 +46,6 @@ MAX_LIST_ROWS = 10
 BUTTON_TITLE_LIMIT = 20
 ROW_TITLE_LIMIT = 24
 ROW_DESCRIPTION_LIMIT = 72
-_DESCRIPTION_LIMIT = 300
 
 ERROR_CLASSES: dict[int, type[MessengerError]] = {
     131047: OutsideWindow,  # more than 24 h since the client last wrote
@@ -87,11 +91,7 @@ class WhatsAppSender:
         """`api_base` carries the Graph version (`…/v22.0`) unless `api_version`
         names it (`v22.0`), as `LEADLOOP_WHATSAPP_API_BASE` does."""
         self._http = http
-        self._token = (
-            access_token
-            if isinstance(access_token, SecretStr)
-            else SecretStr(access_token)
-        )
+        self._token = as_secret(access_token)
         base = api_base.rstrip("/")
         if api_version:
             base = f"{base}/{api_version.strip('/')}"
@@ -120,9 +120,12 @@ class WhatsAppSender:
             "name": template.name,
             "language": {"code": template.language},
         }
-        if template.parameters:
-            parameters = [{"type": "text", "text": p} for p in template.parameters]
-            content["components"] = [{"type": "body", "parameters": parameters}]
+        components = [
+            *_body(template.parameters),
+            *(_quick_reply(i, data) for i, data in enumerate(template.quick_replies)),
+        ]
+        if components:
+            content["components"] = components
         return await self._send(
             {"to": chat_id, "type": "template", "template": content}
         )
@@ -164,7 +167,7 @@ class WhatsAppSender:
             log.warning("whatsapp.unavailable", error=type(failure).__name__)
             raise transport_error(failure, channel=CHANNEL, method=METHOD) from None
 
-        answer = _decode(response)
+        answer = decode_json(response)
         if response.is_success and isinstance(answer, Mapping):
             return answer
         error = map_whatsapp_error(
@@ -177,6 +180,23 @@ class WhatsAppSender:
             error=type(error).__name__,
         )
         raise error
+
+
+def _body(parameters: Sequence[str]) -> list[dict[str, Any]]:
+    if not parameters:
+        return []
+    texts = [{"type": "text", "text": parameter} for parameter in parameters]
+    return [{"type": "body", "parameters": texts}]
+
+
+def _quick_reply(index: int, payload: str) -> dict[str, Any]:
+    """The payload of the template's quick-reply button at `index`."""
+    return {
+        "type": "button",
+        "sub_type": "quick_reply",
+        "index": str(index),
+        "parameters": [{"type": "payload", "payload": payload}],
+    }
 
 
 def _reply_buttons(text: str, buttons: Sequence[Button]) -> dict[str, Any]:
@@ -228,28 +248,27 @@ def map_whatsapp_error(
     `{"error": item}` with `status` None.
     """
     error = body.get("error") if isinstance(body, Mapping) else None
-    if not isinstance(error, Mapping) or _int(error.get("code")) is None:
+    code = as_int(error.get("code")) if isinstance(error, Mapping) else None
+    if not isinstance(error, Mapping) or code is None:
         return Unavailable(
             f"whatsapp {METHOD}: HTTP {status}, not a Graph error answer",
             channel=CHANNEL,
             method=METHOD,
             status=status,
         )
-    code = _int(error.get("code")) or 0
     description = _description(error)
-    details: dict[str, Any] = {
-        "channel": CHANNEL,
-        "method": METHOD,
-        "status": status,
-        "code": code,
-        "description": description,
-    }
+    details = ErrorDetails(
+        channel=CHANNEL,
+        method=METHOD,
+        status=status,
+        code=code,
+        description=description,
+    )
     message = f"whatsapp {METHOD}: {code} {description}"
     cls = error_class(code, status)
     if cls is SlowDown:
-        delay = _int(retry_after_header)
-        seconds = float(delay) if delay is not None else SLOW_DOWN_S.get(code, 1.0)
-        return SlowDown(message, retry_after_s=seconds, **details)
+        delay = _retry_after(code, retry_after_header)
+        return SlowDown(message, retry_after_s=delay, **details)
     return cls(message, **details)
 
 
@@ -264,12 +283,20 @@ def error_class(code: int, status: int | None = None) -> type[MessengerError]:
     return Rejected
 
 
+def _retry_after(code: int, header: str | None) -> float:
+    """Retry-After when it is usable, else the pause the code implies."""
+    delay = as_int(header)
+    if delay is None or delay < 0:
+        return SLOW_DOWN_S.get(code, 1.0)
+    return float(delay)
+
+
 def _description(error: Mapping[str, Any]) -> str:
     text = str(error.get("message") or error.get("title") or "")
     data = error.get("error_data")
     if isinstance(data, Mapping) and data.get("details"):
         text = f"{text}: {data['details']}"
-    return text[:_DESCRIPTION_LIMIT]
+    return text[:DESCRIPTION_LIMIT]
 
 
 def _wamid(answer: object) -> str:
@@ -283,20 +310,3 @@ def _wamid(answer: object) -> str:
         channel=CHANNEL,
         method=METHOD,
     )
-
-
-def _decode(response: httpx.Response) -> object:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None

@@ -2,52 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from arq.connections import ArqRedis
 
-from app.clients import ping_redis, redis_client
-from app.settings import Settings, get_settings
+from app.clients import redis_client
+from app.settings import Settings
+from sandbox.kpi_history import HistoryShape, generate
+from sandbox.server import SandboxOptions
+from tests.sandbox.conftest import RunningSandbox, free_port, running_sandbox
+from tests.support import REDIS_URL, answering, isolated_environment, restored_logging
+
+__all__ = ["isolated_environment", "restored_logging"]  # autouse fixtures
 
 REPO = Path(__file__).resolve().parents[2]
-# Tests use a real Redis; database 15 keeps them away from `make run`'s database 0.
-REDIS_URL = "redis://127.0.0.1:6379/15"
 # A port where nothing listens: Redis and Bitrix24 "down" without any mock.
 DEAD_URL_PORT = 1
 
 MakeSettings = Callable[..., Settings]
-
-
-@pytest.fixture(autouse=True)
-def isolated_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[None]:
-    """No LEADLOOP_* variable or .env file of the machine leaks into a test."""
-    for name in list(os.environ):
-        if name.startswith("LEADLOOP_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-@pytest.fixture(autouse=True)
-def restored_logging() -> Iterator[None]:
-    """Undo `configure_logging`: root handlers and level, structlog's defaults."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
 
 
 @pytest.fixture
@@ -64,10 +42,34 @@ def make_settings() -> MakeSettings:
 @pytest.fixture
 async def redis() -> AsyncIterator[ArqRedis]:
     """A client of the real test Redis; the test fails if none answers."""
-    client = redis_client(REDIS_URL)
-    problem = await ping_redis(client)
-    if problem is not None:
-        await client.aclose()
-        pytest.fail(f"tests need Redis at {REDIS_URL} ({problem}); run `make test`")
+    client = await answering(redis_client(REDIS_URL))
     yield client
     await client.aclose()
+
+
+@contextlib.contextmanager
+def kpi_portal(*, deals: int, activities: int) -> Iterator[RunningSandbox]:
+    """A sandbox portal with a generated November to January of history."""
+    with (
+        kept_uvicorn_log_levels(),
+        running_sandbox(SandboxOptions(port=free_port(), rate_limit="off")) as sandbox,
+    ):
+        shape = HistoryShape(
+            start=date(2024, 11, 1),
+            end=date(2025, 2, 1),
+            deals=deals,
+            activities=activities,
+        )
+        sandbox.load(generate(shape))
+        yield sandbox
+
+
+@contextlib.contextmanager
+def kept_uvicorn_log_levels() -> Iterator[None]:
+    """uvicorn sets its loggers' levels when a server starts; later tests expect
+    the levels they had."""
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)

@@ -14,6 +14,7 @@ from app.api import create_app
 from app.errors import ServiceError
 from app.settings import Settings
 from tests.app.conftest import DEAD_URL_PORT, MakeSettings
+from tests.support import in_process
 
 WEBHOOK = "https://example.bitrix24.ru/rest/1/w3bh00kc0de/"
 SERVER_TIME = WEBHOOK + "server.time"
@@ -36,11 +37,7 @@ def open_api(make_settings: MakeSettings, redis: ArqRedis) -> OpenApi:
     ) -> AsyncIterator[httpx.AsyncClient]:
         values.setdefault("bitrix24_webhook_url", SecretStr(WEBHOOK))
         app = app or create_app(make_settings(**values))
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://api") as client,
-        ):
+        async with in_process(app) as client:
             yield client
 
     return open_app

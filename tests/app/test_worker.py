@@ -115,6 +115,13 @@ class TestWorkerSettings:
         assert clients.http.is_closed
         assert "clients" not in ctx
 
-    def test_registers_ping_and_an_empty_cron_table(self) -> None:
-        assert [function.__name__ for function in WorkerSettings.functions] == ["ping"]
-        assert WorkerSettings.cron_jobs == ()
+    def test_registers_every_job_and_the_cron_table(self) -> None:
+        names = [
+            getattr(function, "name", getattr(function, "__name__", None))
+            for function in WorkerSettings.functions
+        ]
+        assert names[:4] == ["ping", "process_chat", "sweep_inboxes", "intake_hand_off"]
+        assert [job.name for job in WorkerSettings.cron_jobs] == [
+            "kpi.weekly_report",
+            "cron:sweep_inboxes",
+        ]

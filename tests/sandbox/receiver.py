@@ -31,7 +31,8 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Answers 200 (or the statuses queued in `answers`) and keeps every request.
+    """Answers 200 (or what is queued in `answers`: a status or a whole response)
+    and keeps every request.
 
     A GET with `hub.challenge` is answered with the challenge as plain text, as a
     WhatsApp callback does, unless `echo_challenge` is off.
@@ -39,7 +40,7 @@ class Receiver:
 
     base_url: str = ""
     requests: list[Received] = field(default_factory=list)
-    answers: deque[int] = field(default_factory=deque)
+    answers: deque[int | Response] = field(default_factory=deque)
     echo_challenge: bool = True
 
     @property
@@ -74,8 +75,8 @@ class Receiver:
         challenge = request.query_params.get("hub.challenge")
         if request.method == "GET" and challenge is not None and self.echo_challenge:
             return PlainTextResponse(challenge)
-        status = self.answers.popleft() if self.answers else 200
-        return Response(status_code=status)
+        answer = self.answers.popleft() if self.answers else 200
+        return answer if isinstance(answer, Response) else Response(status_code=answer)
 
 
 @contextlib.contextmanager

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from starlette.responses import JSONResponse, Response
 
-from sandbox.telegram import FIRST_UPDATE_ID, SANDBOX_BOT_TOKEN
+from sandbox.server import SandboxOptions
+from sandbox.telegram import (
+    SANDBOX_BOT_TOKEN,
+    UPDATE_IDS_PER_SECOND,
+    first_update_id,
+)
 from tests.fixtures import load_fixture
-from tests.sandbox.conftest import RunningSandbox
+from tests.sandbox.conftest import RunningSandbox, free_port, running_sandbox
 from tests.sandbox.receiver import Receiver, running_receiver
 from tests.sandbox.shapes import shape_differences
 
@@ -68,6 +77,14 @@ def recorded(sandbox: RunningSandbox) -> dict[str, Any]:
     response.raise_for_status()
     body: dict[str, Any] = response.json()
     return body
+
+
+def calls(sandbox: RunningSandbox) -> list[dict[str, Any]]:
+    """Every Bot API call the sandbox answered, in order."""
+    answered: list[dict[str, Any]] = sandbox.http.get(
+        "/_sandbox/telegram/calls"
+    ).json()["calls"]
+    return answered
 
 
 def deliver(sandbox: RunningSandbox, **update: Any) -> dict[str, Any]:
@@ -598,7 +615,7 @@ class TestDelivery:
         update = json.loads(received.body)
         assert received.headers["x-telegram-bot-api-secret-token"] == SECRET
         assert received.headers["content-type"] == "application/json"
-        assert update["update_id"] == outcome["update_id"] == FIRST_UPDATE_ID
+        assert update["update_id"] == outcome["update_id"]
         assert update["message"]["text"] == "Хочу на маникюр"
         assert update["message"]["chat"] == {
             "id": CHAT,
@@ -606,7 +623,7 @@ class TestDelivery:
             "type": "private",
         }
         assert outcome["deliveries"] == [
-            {"update_id": FIRST_UPDATE_ID, "status": 200, "error": None}
+            {"update_id": update["update_id"], "status": 200, "error": None}
         ]
 
     def test_update_ids_increase_by_one(
@@ -616,7 +633,7 @@ class TestDelivery:
 
         ids = [deliver(tg, chat_id=CHAT, text=str(n))["update_id"] for n in range(3)]
 
-        assert ids == [FIRST_UPDATE_ID, FIRST_UPDATE_ID + 1, FIRST_UPDATE_ID + 2]
+        assert ids == [ids[0], ids[0] + 1, ids[0] + 2]
 
     def test_a_complete_update_is_sent_as_given(
         self, tg: RunningSandbox, receiver: Receiver
@@ -658,6 +675,51 @@ class TestDelivery:
         assert update["my_chat_member"]["new_chat_member"]["status"] == "kicked"
         assert blocked.json() == load_fixture("telegram/api_error_403_blocked.json")
         assert unblocked.status_code == 200
+
+    def test_a_call_in_the_webhook_answer_is_run(
+        self, tg: RunningSandbox, receiver: Receiver
+    ) -> None:
+        set_webhook(tg, receiver.url)
+        fixture = load_fixture("telegram/callback_query.json")
+        query_id = fixture["callback_query"]["id"]
+        reply = {"method": "answerCallbackQuery", "callback_query_id": query_id}
+        receiver.answers.append(JSONResponse(reply))
+
+        deliver(tg, **fixture)
+        again = call(tg, "answerCallbackQuery", callback_query_id=query_id)
+
+        [answer] = recorded(tg)["callback_answers"]
+        assert answer["callback_query_id"] == query_id
+        # The query was answered once, in the webhook's answer: a second call is late.
+        assert again.status_code == 400
+        assert "query is too old" in again.json()["description"]
+
+    def test_a_form_answer_runs_its_call_too(
+        self, tg: RunningSandbox, receiver: Receiver
+    ) -> None:
+        set_webhook(tg, receiver.url)
+        form = urlencode({"method": "sendMessage", "chat_id": CHAT, "text": "Спасибо!"})
+        receiver.answers.append(
+            Response(form, media_type="application/x-www-form-urlencoded")
+        )
+
+        deliver(tg, chat_id=CHAT, text="Хочу на маникюр")
+
+        [sent] = recorded(tg)["messages"]
+        assert sent["text"] == "Спасибо!"
+
+    @pytest.mark.parametrize("method", ["deleteWebhook", "getMe", "logOut"])
+    def test_calls_a_webhook_answer_may_not_make_are_ignored(
+        self, tg: RunningSandbox, receiver: Receiver, method: str
+    ) -> None:
+        set_webhook(tg, receiver.url)
+        receiver.answers.append(JSONResponse({"method": method}))
+        calls_before = len(calls(tg))
+
+        deliver(tg, chat_id=CHAT, text="x")
+
+        assert calls(tg)[calls_before:] == []
+        assert ok(call(tg, "getWebhookInfo"))["url"] == receiver.url
 
     def test_a_failing_webhook_holds_back_its_chat_but_not_others(
         self, tg: RunningSandbox, receiver: Receiver
@@ -743,3 +805,48 @@ class TestDelivery:
 
         assert response.status_code == 400
         assert "chat_id" in response.json()["error"]
+
+
+class TestUpdateIds:
+    def test_a_new_sandbox_numbers_its_updates_from_the_clock(self) -> None:
+        before = first_update_id(time.time())
+        options = SandboxOptions(port=free_port(), rate_limit="off")
+        with running_sandbox(options) as fresh:
+            after = first_update_id(time.time())
+            outcome = deliver(fresh, chat_id=CHAT, text="Привет")
+
+        assert before <= outcome["update_id"] <= after
+
+    def test_a_later_start_begins_above_what_an_earlier_run_handed_out(self) -> None:
+        started = datetime(2026, 12, 3, 19, 30, tzinfo=UTC).timestamp()
+        # A minute of updates at the rate the clock numbers them, then a restart.
+        handed_out = first_update_id(started) + 60 * UPDATE_IDS_PER_SECOND - 1
+
+        assert first_update_id(started + 60) > handed_out
+
+    @pytest.mark.parametrize(
+        "when",
+        [
+            datetime(2026, 1, 1, tzinfo=UTC),
+            datetime(2026, 12, 3, 19, 30, tzinfo=UTC),
+            datetime(2032, 5, 1, tzinfo=UTC),
+            datetime(2040, 1, 1, tzinfo=UTC),
+        ],
+    )
+    def test_ids_look_like_telegrams_and_fit_a_signed_32_bit_int(
+        self, when: datetime
+    ) -> None:
+        first = first_update_id(when.timestamp())
+
+        assert 9 <= len(str(first)) <= 10
+        # Room for millions of updates in one run before the 32-bit limit.
+        assert first + 10_000_000 < 2**31
+
+    def test_a_reset_never_numbers_backwards(self, tg: RunningSandbox) -> None:
+        for _ in range(50):
+            earlier = deliver(tg, chat_id=CHAT, text="раз")["update_id"]
+
+        tg.reset()
+        later = deliver(tg, chat_id=CHAT, text="два")["update_id"]
+
+        assert later > earlier

@@ -419,6 +419,24 @@ class TestTemplatesAndWindow:
 
         assert error_of(response)["code"] == 132000
 
+    def test_quick_reply_payloads_are_not_counted_as_body_parameters(
+        self, wa: RunningSandbox
+    ) -> None:
+        configure(wa, templates={"lead_reminder": 1})
+        message = template("lead_reminder", "завтра")
+        quick_reply = {
+            "type": "button",
+            "sub_type": "quick_reply",
+            "index": "0",
+            "parameters": [{"type": "payload", "payload": "rm:c:1:20270311T120000Z"}],
+        }
+        message["template"]["components"].append(quick_reply)
+
+        response = send(wa, **message)
+
+        assert response.status_code == 200, response.text
+        assert recorded(wa)[0]["template"]["components"][1] == quick_reply
+
     def test_an_enforced_window_refuses_free_text_until_the_client_writes(
         self, wa: RunningSandbox, receiver: Receiver
     ) -> None:

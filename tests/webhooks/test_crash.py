@@ -4,31 +4,24 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
 
-from tests.webhooks.conftest import REDIS_URL, REPO, Recorder, RunWorker
+from tests.webhooks.conftest import (
+    REDIS_URL,
+    REPO,
+    Recorder,
+    RunWorker,
+    text_message,
+)
 from tests.webhooks.crash_worker import started_key
-from webhooks.inbound import InboundKind, InboundMessage
 from webhooks.keys import InboxKeys, chat_key
 from webhooks.queue import Inbox
 
 Logs = Callable[[], list[dict[str, Any]]]
-
-
-def text(event_id: str) -> InboundMessage:
-    return InboundMessage(
-        channel="telegram",
-        event_id=event_id,
-        chat_id="100000081",
-        sender_id="100000081",
-        kind=InboundKind.TEXT,
-        received_at=datetime(2025, 1, 13, 9, 0, tzinfo=UTC),
-        text="Хочу записаться",
-    )
+CHAT = "100000081"
 
 
 async def wait_for_key(redis: ArqRedis, key: str, timeout_s: float) -> bytes:
@@ -52,9 +45,9 @@ class TestWorkerCrash:
         run_worker: RunWorker,
         logs: Logs,
     ) -> None:
-        await inbox.accept(text("k1"))
-        await inbox.accept(text("k2"))
-        chat = chat_key("telegram", "100000081")
+        await inbox.accept(text_message("k1", CHAT))
+        await inbox.accept(text_message("k2", CHAT))
+        chat = chat_key("telegram", CHAT)
         worker = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

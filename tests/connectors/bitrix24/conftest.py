@@ -1,4 +1,5 @@
-"""Shared fixtures: the sandbox portal over real HTTP, real Redis, gateway clients."""
+"""Shared fixtures: the sandbox portal over real HTTP, real Redis, gateway clients,
+and a front end that loses the portal's answer after a write."""
 
 from __future__ import annotations
 
@@ -133,3 +134,76 @@ async def redis_factory() -> AsyncIterator[Callable[[], Redis]]:
     yield make
     for client in made:
         await client.aclose()
+
+
+HTML_502 = "<html><body>502 Bad Gateway</body></html>"
+
+
+class PageAfterWrite(httpx.AsyncBaseTransport):
+    """A front end that lets a request through to the portal, then loses the answer
+    and sends its own 502 page: the write happened, the caller cannot tell."""
+
+    def __init__(self, marker: str, times: int = 1) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.marker = marker.encode()
+        self.times = times
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        seen = request.url.path.encode() + request.content
+        if self.times > 0 and self.marker in seen:
+            self.times -= 1
+            await response.aread()
+            await response.aclose()
+            return httpx.Response(
+                502, text=HTML_502, headers={"Content-Type": "text/html"}
+            )
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+ClientFactory = Callable[..., Bitrix24Client]
+
+
+@pytest.fixture
+async def client_with(
+    portal: RunningSandbox, wire: Wire, sleeps: Sleeps
+) -> AsyncIterator[ClientFactory]:
+    """Clients on the sandbox with their own transport or timeout, wire recorded."""
+    made: list[httpx.AsyncClient] = []
+
+    def make(
+        *, transport: httpx.AsyncBaseTransport | None = None, timeout_s: float = 10.0
+    ) -> Bitrix24Client:
+        http = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout_s),
+            event_hooks={"request": [wire.record]},
+        )
+        made.append(http)
+        return Bitrix24Client(
+            http, WebhookCredentials(portal.webhook), portal_zone=MOSCOW, sleep=sleeps
+        )
+
+    yield make
+    for http in made:
+        await http.aclose()
+
+
+def fault(portal: RunningSandbox, **spec: Any) -> None:
+    portal.http.post("/_sandbox/faults", json=spec).raise_for_status()
+
+
+def methods_sent(wire: Wire) -> list[str]:
+    """Every method that crossed the wire, batch commands included, in order."""
+    methods = []
+    for request in wire.requests:
+        name = request.url.path.rsplit("/", 1)[1]
+        if name == "batch":
+            commands = json.loads(request.content)["cmd"].values()
+            methods += [command.partition("?")[0] for command in commands]
+        else:
+            methods.append(name)
+    return methods

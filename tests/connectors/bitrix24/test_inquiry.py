@@ -27,17 +27,16 @@ from connectors.bitrix24.inquiry import (
 )
 from connectors.bitrix24.locks import ContactLocks, normalise_phone
 from connectors.bitrix24.writes import Writer
-from tests.connectors.bitrix24.conftest import MOSCOW, Sleeps, Wire
-from tests.connectors.bitrix24.test_writes import (
+from tests.connectors.bitrix24.conftest import (
+    MOSCOW,
     ClientFactory,
     PageAfterWrite,
-    client_with,
+    Sleeps,
+    Wire,
     fault,
     methods_sent,
 )
 from tests.sandbox.conftest import RunningSandbox
-
-__all__ = ["client_with"]  # a fixture, used by name
 
 DEADLINE = datetime(2026, 5, 4, 15, 0, tzinfo=MOSCOW)
 COMMENT = "Хочет маникюр завтра после 18:00, готов записаться"

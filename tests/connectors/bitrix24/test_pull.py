@@ -725,3 +725,123 @@ class TestPullModels:
         assert resolve_entity("user") is USERS
         assert resolve_entity("task") is TASKS
         assert resolve_entity("deal").list_method == "crm.deal.list"
+
+
+def commands_sent(wire: Wire) -> list[list[str]]:
+    """The command names of every batch, in order."""
+    return [list(cmd) for cmd in batch_commands(wire)]
+
+
+class TestPullByIds:
+    async def test_ids_go_fifty_to_a_command_and_fifty_commands_to_a_batch(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        portal.load({"deals": deals(range(1, 3001))})
+        asked = list(range(2, 5202, 2))  # 2,600 ids, 1,500 of them deals
+
+        rows = await collect(Puller(webhook_client).pull_ids("deal", "ID", asked))
+
+        assert sorted(ids_of(rows)) == list(range(2, 3001, 2))
+        assert len(rows) == 1500
+        assert [len(names) for names in commands_sent(wire)] == [50, 2]
+        first = batch_commands(wire)[0]["c0"]
+        assert first.count("filter[%40ID]") == 50
+        assert http_by_method(portal) == {"batch": 2, "crm.deal.fields": 1}
+
+    async def test_a_full_page_by_another_key_is_continued_by_a_keyset_pull(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        portal.load(
+            {
+                "deals": deals(range(1, 131), CONTACT_ID="7")
+                + deals(range(131, 141), CONTACT_ID="8")
+            }
+        )
+
+        rows = await collect(
+            Puller(webhook_client).pull_ids(
+                "deal", "CONTACT_ID", [7, 9], select=["ID"], per_command=1
+            )
+        )
+
+        assert ids_of(rows) == list(range(1, 131))
+        # c0 (contact 7) came back full and was continued above its 50th row;
+        # c1 (contact 9) came back empty.
+        first, rest = batch_commands(wire)
+        assert list(first) == ["c0", "c1"]
+        assert "filter[%40CONTACT_ID][0]=7&" in rest["p0"]
+        assert "filter[%3EID]=50&" in rest["p0"]
+
+    async def test_the_filter_applies_beside_the_ids(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client
+    ) -> None:
+        portal.load({"deals": deals(range(1, 101))})
+
+        rows = await collect(
+            Puller(webhook_client).pull_ids(
+                "deal", "ID", [10, 60, 70, 99], {">=OPPORTUNITY": 50}, ["ID"]
+            )
+        )
+
+        assert ids_of(rows) == [60, 70, 99]
+
+    async def test_no_ids_send_no_list_command(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        rows = await collect(Puller(webhook_client).pull_ids("deal", "ID", []))
+
+        assert rows == []
+        assert wire.count("/batch") == 0
+
+    async def test_an_unknown_key_is_refused_before_a_list_is_sent(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        with pytest.raises(UnknownField, match="'@CONTACTID'"):
+            await collect(Puller(webhook_client).pull_ids("deal", "CONTACTID", [1, 2]))
+
+        assert wire.count("/batch") == 0
+
+    async def test_rows_by_id_that_were_not_asked_for_are_an_incomplete_pull(
+        self, mocked_client: Bitrix24Client, mock: respx.MockRouter
+    ) -> None:
+        # A portal that dropped the filter answers its first rows, asked or not.
+        mock.post("crm.deal.fields").respond(
+            200, json={"result": DEAL_FIELDS, "time": {}}
+        )
+        mock.post("batch").mock(return_value=answer({"c0": rows_from(1, 3)}))
+
+        with pytest.raises(IncompletePull, match="not asked for"):
+            await collect(Puller(mocked_client).pull_ids("deal", "ID", [2]))
+
+    @pytest.mark.parametrize("per_command", [0, 51])
+    async def test_per_command_is_at_most_a_page(
+        self, mocked_client: Bitrix24Client, per_command: int
+    ) -> None:
+        with pytest.raises(ValueError, match="per_command"):
+            await collect(
+                Puller(mocked_client).pull_ids(
+                    "deal", "ID", [1], per_command=per_command
+                )
+            )
+
+
+class TestPagesPerBatchOfOnePull:
+    async def test_one_pull_chains_fewer_pages_and_the_puller_keeps_its_own(
+        self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        portal.load({"deals": deals(range(1, 121))})
+        puller = Puller(webhook_client)
+
+        short = await collect(puller.pull("deal", select=["ID"], pages_per_batch=2))
+        whole = await collect(puller.pull("deal", select=["ID"]))
+
+        assert ids_of(short) == ids_of(whole) == list(range(1, 121))
+        # 120 rows: two full pages, then a page of 20 in the second batch.
+        assert [len(names) for names in commands_sent(wire)] == [2, 2, 50]
+
+    @pytest.mark.parametrize("pages", [0, 51])
+    async def test_a_count_outside_one_to_fifty_is_refused(
+        self, mocked_client: Bitrix24Client, pages: int
+    ) -> None:
+        with pytest.raises(ValueError, match="pages_per_batch"):
+            await collect(Puller(mocked_client).pull("deal", pages_per_batch=pages))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -17,80 +15,16 @@ from connectors.bitrix24.batcher import Batcher
 from connectors.bitrix24.client import Bitrix24Client
 from connectors.bitrix24.errors import Rejected, WriteOutcomeUnknown
 from connectors.bitrix24.writes import Created, Writer, check_key, hashed_key
-from tests.connectors.bitrix24.conftest import MOSCOW, Sleeps, Wire
+from tests.connectors.bitrix24.conftest import (
+    MOSCOW,
+    ClientFactory,
+    PageAfterWrite,
+    Sleeps,
+    Wire,
+    fault,
+    methods_sent,
+)
 from tests.sandbox.conftest import RunningSandbox
-
-HTML_502 = "<html><body>502 Bad Gateway</body></html>"
-
-
-class PageAfterWrite(httpx.AsyncBaseTransport):
-    """A front end that lets a request through to the portal, then loses the answer
-    and sends its own 502 page: the write happened, the caller cannot tell."""
-
-    def __init__(self, marker: str, times: int = 1) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.marker = marker.encode()
-        self.times = times
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        seen = request.url.path.encode() + request.content
-        if self.times > 0 and self.marker in seen:
-            self.times -= 1
-            await response.aread()
-            await response.aclose()
-            return httpx.Response(
-                502, text=HTML_502, headers={"Content-Type": "text/html"}
-            )
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-ClientFactory = Callable[..., Bitrix24Client]
-
-
-@pytest.fixture
-async def client_with(
-    portal: RunningSandbox, wire: Wire, sleeps: Sleeps
-) -> AsyncIterator[ClientFactory]:
-    """Clients on the sandbox with their own transport or timeout, wire recorded."""
-    made: list[httpx.AsyncClient] = []
-
-    def make(
-        *, transport: httpx.AsyncBaseTransport | None = None, timeout_s: float = 10.0
-    ) -> Bitrix24Client:
-        http = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(timeout_s),
-            event_hooks={"request": [wire.record]},
-        )
-        made.append(http)
-        return Bitrix24Client(
-            http, WebhookCredentials(portal.webhook), portal_zone=MOSCOW, sleep=sleeps
-        )
-
-    yield make
-    for http in made:
-        await http.aclose()
-
-
-def fault(portal: RunningSandbox, **spec: Any) -> None:
-    portal.http.post("/_sandbox/faults", json=spec).raise_for_status()
-
-
-def methods_sent(wire: Wire) -> list[str]:
-    """Every method that crossed the wire, batch commands included, in order."""
-    methods = []
-    for request in wire.requests:
-        name = request.url.path.rsplit("/", 1)[1]
-        if name == "batch":
-            commands = json.loads(request.content)["cmd"].values()
-            methods += [command.partition("?")[0] for command in commands]
-        else:
-            methods.append(name)
-    return methods
 
 
 def keyed_rows(portal: RunningSandbox, entity: str, key: str) -> list[Any]:

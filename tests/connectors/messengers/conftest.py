@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from sandbox.server import SandboxOptions
-from tests.connectors.bitrix24.conftest import Wire
+from tests.connectors.bitrix24.conftest import http, wire
 from tests.sandbox.conftest import RunningSandbox, free_port, running_sandbox
+
+__all__ = ["http", "wire"]  # fixtures, used by name
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +26,6 @@ def sandbox(messenger_server: RunningSandbox) -> RunningSandbox:
     """The sandbox reset: no records, no faults, no windows."""
     messenger_server.reset()
     return messenger_server
-
-
-@pytest.fixture
-def wire() -> Wire:
-    return Wire()
-
-
-@pytest.fixture
-async def http(wire: Wire) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        timeout=httpx.Timeout(10.0), event_hooks={"request": [wire.record]}
-    ) as client:
-        yield client
 
 
 def add_fault(sandbox: RunningSandbox, target: str, **fault: Any) -> None:

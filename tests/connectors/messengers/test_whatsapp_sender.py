@@ -212,6 +212,52 @@ class TestTemplates:
         }
         assert recorded(wa)[0]["id"] == sent.provider_message_id
 
+    async def test_quick_replies_go_as_button_payloads_by_position(
+        self, sender: WhatsAppSender, wa: RunningSandbox, wire: Wire
+    ) -> None:
+        wa.http.post(
+            "/_sandbox/whatsapp/settings", json={"templates": {"visit_reminder": 1}}
+        ).raise_for_status()
+        reminder = Template(
+            "visit_reminder",
+            parameters=("завтра в 10:00",),
+            quick_replies=("rm:c:42:20270311T120000Z", "rm:x:42:20270311T120000Z"),
+        )
+
+        await sender.send_template(CLIENT, reminder)
+
+        components = only_body(wire)["template"]["components"]
+        assert components[1:] == [
+            {
+                "type": "button",
+                "sub_type": "quick_reply",
+                "index": "0",
+                "parameters": [
+                    {"type": "payload", "payload": "rm:c:42:20270311T120000Z"}
+                ],
+            },
+            {
+                "type": "button",
+                "sub_type": "quick_reply",
+                "index": "1",
+                "parameters": [
+                    {"type": "payload", "payload": "rm:x:42:20270311T120000Z"}
+                ],
+            },
+        ]
+        assert components[0]["type"] == "body"
+        assert recorded(wa)[0]["template"]["components"] == components
+
+    async def test_a_template_without_parameters_or_payloads_has_no_components(
+        self, sender: WhatsAppSender, wire: Wire
+    ) -> None:
+        await sender.send_template(CLIENT, Template("hello_world", "en_US"))
+
+        assert only_body(wire)["template"] == {
+            "name": "hello_world",
+            "language": {"code": "en_US"},
+        }
+
     async def test_a_closed_window_is_outside_window_and_a_template_gets_through(
         self, sender: WhatsAppSender, wa: RunningSandbox
     ) -> None:
