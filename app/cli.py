@@ -271,6 +271,15 @@ def kpi(
         raise click.BadParameter(str(exc), param_hint="'--manager'") from None
     shown = FORMATS[output](result)
     click.echo(shown if isinstance(shown, str) else _json(shown), nl=output == "json")
+    if output != "json" and result.warnings:
+        # The table has no room for them, and nobody should be paid on data known
+        # to be incomplete without seeing why.
+        codes = sorted({warning.code for warning in result.warnings})
+        click.echo(
+            f"{len(result.warnings)} warning(s): {', '.join(codes)}; "
+            "--format json names the deals",
+            err=True,
+        )
 
 
 def _refuse_narrowing(options: Mapping[str, object]) -> None:

@@ -104,6 +104,18 @@ class TestKpi:
         assert lines[1].startswith("|---|---|")
         assert lines[-1].startswith("| total |")
 
+    def test_a_table_says_on_stderr_which_warnings_json_would_name(self) -> None:
+        codes = {
+            w["code"] for w in json.loads(run("kpi", *WEEK, *AS_OF).stdout)["warnings"]
+        }
+
+        result = run("kpi", *WEEK, *AS_OF, "--format", "md")
+
+        assert codes, "the generated history has deals without a contact"
+        assert "warning(s):" in result.stderr
+        assert all(code in result.stderr for code in codes)
+        assert "warning" not in result.stdout
+
     def test_one_manager_alone_with_the_whole_total(self) -> None:
         everyone = json.loads(run("kpi", *WEEK, *AS_OF).stdout)
 
