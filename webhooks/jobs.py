@@ -14,13 +14,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import Enum, auto
 from typing import Any, cast
 from uuid import uuid4
 
 import structlog
 from arq.connections import ArqRedis
-from arq.worker import Function, func
+from arq.worker import Function, Retry, func
 
 from webhooks.inbound import CHANNELS, Channel, InboundKind, InboundMessage
 from webhooks.keys import REMEMBER, InboxKeys
@@ -105,11 +104,6 @@ class DrainPolicy:
         return self.retry_delays[min(attempt, len(self.retry_delays)) - 1]
 
 
-class Outcome(Enum):
-    NEXT = auto()
-    FAILED = auto()
-
-
 @dataclass(frozen=True)
 class Chat:
     channel: Channel
@@ -167,15 +161,16 @@ class ChatDrainer:
                     return
                 continue
 
-            outcome, attempt = await self._process(chat, bytes(head).decode())
-            if outcome is Outcome.FAILED:
-                await self._hand_off(chat, job_id, self._policy.retry_delay(attempt))
+            retry_after = await self._process(chat, bytes(head).decode())
+            if retry_after is not None:
+                await self._hand_off(chat, job_id, retry_after)
                 return
             if self._clock() - started > self._policy.run_budget.total_seconds():
                 await self._hand_off(chat, job_id, timedelta(0))
                 return
 
-    async def _process(self, chat: Chat, event_id: str) -> tuple[Outcome, int]:
+    async def _process(self, chat: Chat, event_id: str) -> timedelta | None:
+        """None when the chat moves on; otherwise how long until the event's retry."""
         keys, channel = self._keys, chat.channel
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.exists(keys.done(channel, event_id))
@@ -190,26 +185,39 @@ class ChatDrainer:
                 # Processed already (a repeat that slipped past the route) or expired.
                 log.info("webhooks.event_skipped", reason="done" if done else "expired")
                 await self._finish(chat, event_id, "done")
-                return Outcome.NEXT, attempt
+                return None
             if attempt > self._policy.max_attempts:
                 log.error("webhooks.event_set_aside", attempts=attempt - 1)
                 await self._set_aside(chat, event_id)
-                return Outcome.NEXT, attempt
-            return await self._run(chat, event_id, raw, attempt), attempt
+                return None
+            return await self._run(chat, event_id, raw, attempt)
 
     async def _run(
         self, chat: Chat, event_id: str, raw: bytes, attempt: int
-    ) -> Outcome:
+    ) -> timedelta | None:
         try:
             message = InboundMessage.from_json(raw)
         except (ValueError, KeyError, TypeError):
             log.error("webhooks.event_unreadable")
             await self._set_aside(chat, event_id)
-            return Outcome.NEXT
+            return None
 
+        policy_delay = self._policy.retry_delay(attempt)
         try:
             async with asyncio.timeout(self._policy.handler_timeout.total_seconds()):
                 await self._dispatch(message)
+        except Retry as retry:
+            # The handler knows when trying again can work (a messenger's
+            # retry_after): sooner would spend an attempt on the same refusal.
+            asked = timedelta(milliseconds=retry.defer_score or 0)
+            delay = max(asked, policy_delay)
+            log.warning(
+                "webhooks.handler_deferred",
+                kind=message.kind.value,
+                attempt=attempt,
+                delay_s=delay.total_seconds(),
+            )
+            return delay
         except Exception as exc:
             log.warning(
                 "webhooks.handler_failed",
@@ -218,11 +226,11 @@ class ChatDrainer:
                 error=type(exc).__name__,
                 exc_info=True,
             )
-            return Outcome.FAILED
+            return policy_delay
 
         await self._finish(chat, event_id, "done")
         log.info("webhooks.event_handled", kind=message.kind.value, attempt=attempt)
-        return Outcome.NEXT
+        return None
 
     async def _dispatch(self, message: InboundMessage) -> None:
         channel, chat_id = message.channel, message.chat_id
@@ -274,7 +282,11 @@ class ChatDrainer:
             log.warning("webhooks.chat_lock_lost")
             return
         await wake(self._redis, chat.channel, chat.key, successor, defer=delay)
-        log.info("webhooks.chat_handed_off", successor=successor, delay_s=delay.seconds)
+        log.info(
+            "webhooks.chat_handed_off",
+            successor=successor,
+            delay_s=delay.total_seconds(),
+        )
 
     def _inbox(self, chat: Chat) -> str:
         return self._keys.inbox(chat.channel, chat.key)

@@ -9,72 +9,46 @@ import hashlib
 import hmac
 import io
 import json
-import logging
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import httpx
 import pytest
-import structlog
 from arq.connections import ArqRedis
-from arq.constants import (
-    in_progress_key_prefix,
-    job_key_prefix,
-    result_key_prefix,
-    retry_key_prefix,
-)
+from arq.constants import job_key_prefix
 from arq.jobs import deserialize_job
 from pydantic import SecretStr
-from redis.asyncio import ConnectionPool
 
 from app.api import create_app
-from app.clients import ping_redis
 from app.config import BusinessRules
 from app.logging import configure_logging
-from app.settings import Settings, get_settings
+from app.settings import Settings
 from app.worker import build_worker
+from tests.support import (
+    REDIS_URL,
+    in_process,
+    isolated_environment,
+    queue,
+    queue_redis,
+    restored_logging,
+)
 from webhooks.endpoints import get_inbox
-from webhooks.inbound import InboundMessage
+from webhooks.inbound import InboundKind, InboundMessage
 from webhooks.jobs import DrainPolicy
 from webhooks.keys import InboxKeys
 from webhooks.queue import Inbox
 
+__all__ = ["isolated_environment", "queue", "restored_logging"]  # fixtures
+
 REPO = Path(__file__).resolve().parents[2]
-# Database 15 is the app tests' database; keys carry a per-test prefix.
-REDIS_URL = "redis://127.0.0.1:6379/15"
 TELEGRAM_SECRET = "tg-secret_0123456789"
 WHATSAPP_APP_SECRET = "test_app_secret"
 WHATSAPP_VERIFY_TOKEN = "verify_me"
-
-
-@pytest.fixture(autouse=True)
-def isolated_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[None]:
-    """No LEADLOOP_* variable or .env file of the machine leaks into a test."""
-    for name in list(os.environ):
-        if name.startswith("LEADLOOP_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-@pytest.fixture(autouse=True)
-def restored_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
 
 
 @pytest.fixture
@@ -103,35 +77,10 @@ def keys() -> InboxKeys:
 
 
 @pytest.fixture
-def queue() -> str:
-    return f"leadloop-test:queue:{uuid4().hex}"
-
-
-@pytest.fixture
 async def redis(keys: InboxKeys, queue: str) -> AsyncIterator[ArqRedis]:
     """Real Redis whose default arq queue is this test's own; cleaned afterwards."""
-    client = ArqRedis(
-        pool_or_conn=ConnectionPool.from_url(REDIS_URL), default_queue_name=queue
-    )
-    client.auto_close_connection_pool = True
-    problem = await ping_redis(client)
-    if problem is not None:
-        await client.aclose()
-        pytest.fail(f"tests need Redis at {REDIS_URL} ({problem})")
-    yield client
-    await _delete_test_keys(client, keys, queue)
-    await client.aclose()
-
-
-async def _delete_test_keys(client: ArqRedis, keys: InboxKeys, queue: str) -> None:
-    doomed = [key async for key in client.scan_iter(match=f"{keys.prefix}:*")]
-    for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix):
-        pattern = f"{prefix}{keys.prefix}:*"
-        doomed += [key async for key in client.scan_iter(match=pattern)]
-    pattern = f"{result_key_prefix}{keys.prefix}:*"
-    doomed += [key async for key in client.scan_iter(match=pattern)]
-    doomed += [queue, f"{queue}:health-check"]
-    await client.delete(*doomed)
+    async with queue_redis(keys.prefix, queue) as client:
+        yield client
 
 
 @pytest.fixture
@@ -153,11 +102,7 @@ def open_api(settings: Settings, inbox: Inbox) -> OpenApi:
 
         app = create_app(settings)
         app.dependency_overrides[get_inbox] = test_inbox
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://api") as client,
-        ):
+        async with in_process(app) as client:
             yield client
 
     return open_app
@@ -225,6 +170,19 @@ async def queued_jobs(redis: ArqRedis, queue: str) -> list[tuple[str, tuple[Any,
         definition = deserialize_job(raw)
         jobs.append((definition.function, tuple(definition.args)))
     return jobs
+
+
+def text_message(event_id: str, chat_id: str = "100000001") -> InboundMessage:
+    """A Telegram text as the route stores it."""
+    return InboundMessage(
+        channel="telegram",
+        event_id=event_id,
+        chat_id=chat_id,
+        sender_id=chat_id,
+        kind=InboundKind.TEXT,
+        received_at=datetime(2025, 1, 13, 9, 0, tzinfo=UTC),
+        text="Хочу записаться",
+    )
 
 
 def sign(body: bytes, secret: str = WHATSAPP_APP_SECRET) -> str:

@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from arq.connections import ArqRedis
+from arq.worker import Retry
 
-from tests.webhooks.conftest import Recorder, RunWorker, queued_jobs
+from tests.webhooks.conftest import Recorder, RunWorker, queued_jobs, text_message
 from webhooks.inbound import InboundKind, InboundMessage
 from webhooks.jobs import DrainPolicy, process_chat, sweep_inboxes
 from webhooks.keys import InboxKeys, chat_key
@@ -18,18 +21,6 @@ from webhooks.reachability import Reachability
 
 Logs = Callable[[], list[dict[str, Any]]]
 QUICK_RETRY = DrainPolicy(retry_delays=(timedelta(milliseconds=20),))
-
-
-def text(event_id: str, chat_id: str) -> InboundMessage:
-    return InboundMessage(
-        channel="telegram",
-        event_id=event_id,
-        chat_id=chat_id,
-        sender_id=chat_id,
-        kind=InboundKind.TEXT,
-        received_at=datetime(2025, 1, 13, 9, 0, tzinfo=UTC),
-        text="сообщение",
-    )
 
 
 def by_chat(messages: list[InboundMessage]) -> dict[str, list[str]]:
@@ -59,8 +50,8 @@ class TestOrdering:
         self, inbox: Inbox, run_worker: RunWorker
     ) -> None:
         for n in range(1, 6):
-            await inbox.accept(text(f"a{n}", "100000001"))
-            await inbox.accept(text(f"b{n}", "100000002"))
+            await inbox.accept(text_message(f"a{n}", "100000001"))
+            await inbox.accept(text_message(f"b{n}", "100000002"))
         gauge = OneAtATime()
         # a1 and b1 wait for each other: only chats handled in parallel get past.
         both_first = asyncio.Barrier(2)
@@ -98,7 +89,7 @@ class TestOrdering:
         async def produce() -> None:
             for n in range(15):
                 for chat in chats:
-                    await inbox.accept(text(f"{chat}-{n:02}", chat))
+                    await inbox.accept(text_message(f"{chat}-{n:02}", chat))
                 await asyncio.sleep(rng.uniform(0, 0.003))
 
         producing = asyncio.create_task(produce())
@@ -118,8 +109,8 @@ class TestOrdering:
     async def test_a_failing_event_is_retried_before_the_next_one_of_its_chat(
         self, inbox: Inbox, run_worker: RunWorker, logs: Logs
     ) -> None:
-        await inbox.accept(text("c1", "100000021"))
-        await inbox.accept(text("c2", "100000021"))
+        await inbox.accept(text_message("c1", "100000021"))
+        await inbox.accept(text_message("c2", "100000021"))
         failures = iter([RuntimeError("LLM timed out")])
 
         async def before(message: InboundMessage) -> None:
@@ -143,7 +134,7 @@ class TestOrdering:
         self, inbox: Inbox, run_worker: RunWorker, logs: Logs
     ) -> None:
         for n in range(4):
-            await inbox.accept(text(f"d{n}", "100000031"))
+            await inbox.accept(text_message(f"d{n}", "100000031"))
         recorder = Recorder()
 
         await run_worker(recorder, policy=DrainPolicy(run_budget=timedelta(0)))
@@ -153,6 +144,81 @@ class TestOrdering:
             line for line in logs() if line["event"] == "webhooks.chat_handed_off"
         ]
         assert len(hand_offs) == 4
+
+
+class TestDeferral:
+    """A handler's arq `Retry` (a messenger's SlowDown) sets when the chat goes on."""
+
+    @pytest.mark.parametrize(
+        ("asked", "expected"),
+        [
+            # Telegram's 429 with retry_after 12: the policy's 5 s would be refused.
+            (timedelta(seconds=12), timedelta(seconds=12)),
+            # Asking for less than the policy's pause gets the policy's pause.
+            (timedelta(seconds=1), timedelta(seconds=5)),
+            (None, timedelta(seconds=5)),
+        ],
+    )
+    async def test_the_chat_waits_as_long_as_the_handler_asked_or_the_policy_says(
+        self,
+        inbox: Inbox,
+        redis: ArqRedis,
+        keys: InboxKeys,
+        queue: str,
+        logs: Logs,
+        asked: timedelta | None,
+        expected: timedelta,
+    ) -> None:
+        await inbox.accept(text_message("r1", "100000081"))
+        await redis.delete(queue)  # the accept's own job, as if a worker took it
+        chat = chat_key("telegram", "100000081")
+
+        async def slow_down(message: InboundMessage) -> None:
+            raise Retry(defer=asked)
+
+        ctx = {
+            "redis": redis,
+            "inbound_keys": keys,
+            "inbound_handler": slow_down,
+            "job_id": "first-job",
+        }
+        before_ms = time.time() * 1000
+        await process_chat(ctx, "telegram", chat)
+        after_ms = time.time() * 1000
+
+        [(successor, due_ms)] = await redis.zrange(queue, 0, -1, withscores=True)
+        wait_ms = expected.total_seconds() * 1000
+        assert before_ms + wait_ms - 50 <= due_ms <= after_ms + wait_ms + 50
+        assert await redis.get(keys.lock("telegram", chat)) == successor
+        assert await redis.lrange(keys.inbox("telegram", chat), 0, -1) == [b"r1"]
+        deferred = [
+            line for line in logs() if line["event"] == "webhooks.handler_deferred"
+        ]
+        assert [(line["attempt"], line["delay_s"]) for line in deferred] == [
+            (1, expected.total_seconds())
+        ]
+
+    async def test_a_deferred_event_is_handled_once_the_wait_is_over(
+        self, inbox: Inbox, run_worker: RunWorker, logs: Logs
+    ) -> None:
+        await inbox.accept(text_message("s1", "100000082"))
+        await inbox.accept(text_message("s2", "100000082"))
+        refusals = iter([Retry(defer=timedelta(milliseconds=300))])
+
+        async def before(message: InboundMessage) -> None:
+            if message.event_id == "s1":
+                refusal = next(refusals, None)
+                if refusal is not None:
+                    raise refusal
+
+        recorder = Recorder(before=before)
+        started = time.monotonic()
+        await run_worker(recorder, policy=QUICK_RETRY)
+
+        assert recorder.event_ids == ["s1", "s2"]
+        assert time.monotonic() - started >= 0.3
+        failed = [line for line in logs() if line["event"] == "webhooks.handler_failed"]
+        assert failed == []
 
 
 class TestReachability:
@@ -176,7 +242,7 @@ class TestReachability:
         await run_worker(Recorder())
         assert await reachability.is_reachable("telegram", "100000041") is False
 
-        await inbox.accept(text("e2", "100000041"))
+        await inbox.accept(text_message("e2", "100000041"))
         await run_worker(Recorder())
 
         assert await reachability.is_reachable("telegram", "100000041") is True
@@ -186,7 +252,7 @@ class TestGuards:
     async def test_without_a_handler_the_events_wait_in_the_inbox(
         self, inbox: Inbox, redis: ArqRedis, keys: InboxKeys
     ) -> None:
-        await inbox.accept(text("f1", "100000051"))
+        await inbox.accept(text_message("f1", "100000051"))
         chat = chat_key("telegram", "100000051")
         ctx = {"redis": redis, "inbound_keys": keys, "job_id": "no-handler"}
 
@@ -198,7 +264,7 @@ class TestGuards:
     async def test_a_job_finding_the_chat_locked_leaves_it_to_the_holder(
         self, inbox: Inbox, redis: ArqRedis, keys: InboxKeys
     ) -> None:
-        await inbox.accept(text("g1", "100000061"))
+        await inbox.accept(text_message("g1", "100000061"))
         chat = chat_key("telegram", "100000061")
         await redis.set(keys.lock("telegram", chat), "another-job", px=60_000)
         recorder = Recorder()
@@ -222,8 +288,8 @@ class TestGuards:
         queue: str,
         run_worker: RunWorker,
     ) -> None:
-        await inbox.accept(text("h1", "100000071"))
-        await inbox.accept(text("h2", "100000072"))
+        await inbox.accept(text_message("h1", "100000071"))
+        await inbox.accept(text_message("h2", "100000072"))
         # Both jobs lost (arq gave up on them); chat 72's lock is still held.
         await redis.delete(queue)
         held = chat_key("telegram", "100000072")

@@ -270,6 +270,17 @@ class TestRoute:
         assert response.json()["error"] == "malformed_body"
         assert await queued_jobs(redis, queue) == []
 
+    async def test_a_get_gets_405_in_the_apps_one_error_shape(
+        self, open_api: OpenApi
+    ) -> None:
+        # The route is a plain Starlette route: the app's handlers still answer.
+        async with open_api() as api:
+            response = await api.get("/webhooks/telegram", headers=HEADERS)
+
+        assert response.status_code == 405
+        assert response.json()["error"] == "method_not_allowed"
+        assert response.headers["allow"] == "POST"
+
     async def test_a_form_body_gets_415(self, open_api: OpenApi) -> None:
         async with open_api() as api:
             response = await api.post(
