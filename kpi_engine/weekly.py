@@ -12,15 +12,22 @@ post's title ends in the week's marker (`(2025-W02)`). When an earlier attempt m
 have reached the portal (its answer was lost: `WriteOutcomeUnknown`, or the process
 died), the feed is searched for the marker before posting again, so a lost answer
 never doubles the post and a failed one is simply retried.
+
+The post carries the week's chart (`chart.py`) as a file in `FILES`, the way
+`log.blogpost.add` takes files: `[name, base64 content]` pairs. The chart is drawn
+the same byte for byte from the same figures, so a retry sends the same image with
+the same title, and the look-up that prevents a second post also prevents a
+second image.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -33,6 +40,7 @@ from app.config import BusinessRules, ReportTexts
 from app.russian import MONTH_NOMINATIVE
 from connectors.bitrix24.client import Bitrix24Client
 from connectors.bitrix24.errors import WriteOutcomeUnknown
+from kpi_engine.chart import chart_png
 from kpi_engine.data import ClosedMonth, KpiData, KpiQuery
 from kpi_engine.facts import DealFacts, TouchIndex
 from kpi_engine.metrics import compute, find_inquiries, tracked_deals
@@ -101,12 +109,21 @@ class WeeklyReport:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file attached to a feed post."""
+
+    name: str
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class FeedPost:
     """A feed post as `log.blogpost.add` takes it."""
 
     title: str
     message: str
     marker: str
+    files: tuple[Attachment, ...] = ()
 
 
 def build_report(
@@ -281,7 +298,8 @@ def _ids(ref: str, ids: Sequence[int]) -> str:
 
 
 def render(report: WeeklyReport, rules: BusinessRules) -> FeedPost:
-    """The report as a feed post: a title with the week's marker, BB-code text."""
+    """The report as a feed post: a title with the week's marker, BB-code text and
+    the week's chart (none when no manager has figures to draw)."""
     texts = rules.report.texts
     zone = rules.zone
     last_day = report.start + timedelta(days=6)
@@ -308,7 +326,19 @@ def render(report: WeeklyReport, rules: BusinessRules) -> FeedPost:
     lines.append(_list(_warning_lines(report.warnings, texts, names)))
     if not report.warnings:
         lines[-1] = texts.no_warnings
-    return FeedPost(title=f"{title} {marker}", message="\n".join(lines), marker=marker)
+    return FeedPost(
+        title=f"{title} {marker}",
+        message="\n".join(lines),
+        marker=marker,
+        files=_chart_files(report, texts),
+    )
+
+
+def _chart_files(report: WeeklyReport, texts: ReportTexts) -> tuple[Attachment, ...]:
+    chart = chart_png(report, texts)
+    if chart is None:
+        return ()
+    return (Attachment(texts.chart_file.format(week=report.week), chart),)
 
 
 def _week_table(result: KpiResult, texts: ReportTexts) -> str:
@@ -572,19 +602,14 @@ class WeeklyPoster:
             await self.redis.set(attempt, repr(self.clock()), nx=True)
         try:
             answer = await self.client.call(
-                "log.blogpost.add",
-                {
-                    "POST_TITLE": post.title,
-                    "POST_MESSAGE": post.message,
-                    "DEST": list(recipients),
-                },
+                "log.blogpost.add", _add_params(post, recipients)
             )
         except WriteOutcomeUnknown:
             log.warning("kpi.weekly_post_unknown", week=week)
             raise
         post_id = int(answer)
         await self._remember(week, post_id)
-        log.info("kpi.weekly_posted", week=week, post_id=post_id)
+        log.info("kpi.weekly_posted", week=week, post_id=post_id, files=len(post.files))
         return Posted(post_id, created=True)
 
     async def _remember(self, week: str, post_id: int) -> None:
@@ -606,6 +631,23 @@ class WeeklyPoster:
             if not posts or envelope.next is None or _older(posts[-1], since):
                 return None
             start = envelope.next
+
+
+def _add_params(post: FeedPost, recipients: Sequence[str]) -> dict[str, object]:
+    params: dict[str, object] = {
+        "POST_TITLE": post.title,
+        "POST_MESSAGE": post.message,
+        "DEST": list(recipients),
+    }
+    if post.files:
+        # Each file a [name, base64 content] pair (docs
+        # `api-reference/files/how-to-upload-files.md`); the portal saves it to the
+        # author's Drive and lists it in the post's UF_BLOG_POST_FILE.
+        params["FILES"] = [
+            [file.name, base64.b64encode(file.content).decode("ascii")]
+            for file in post.files
+        ]
+    return params
 
 
 def _older(feed_post: Mapping[str, Any], since: float) -> bool:

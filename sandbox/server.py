@@ -32,6 +32,7 @@ from sandbox.faults import (
     MessengerFaultBook,
     messenger_fault,
 )
+from sandbox.methods.feed import feed_routes
 from sandbox.oauth import oauth_routes
 from sandbox.phpform import parse_str
 from sandbox.protocol import MethodResult, RestError, Timing
@@ -395,6 +396,7 @@ class SandboxApp:
             Route("/_sandbox/events", self.get_events, methods=["GET"]),
             *self.events.routes(),
             *oauth_routes(self.portal),
+            *feed_routes(self.portal),
             *self.telegram.routes(),
             *self.whatsapp.routes(),
         ]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import functools
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +27,7 @@ from app.worker import build_worker
 from connectors.bitrix24.auth import WebhookCredentials
 from connectors.bitrix24.client import Bitrix24Client, RetryPolicy
 from connectors.bitrix24.errors import WriteOutcomeUnknown
+from kpi_engine.chart import chart_png
 from kpi_engine.data import KpiData
 from kpi_engine.period import week_just_ended
 from kpi_engine.tasks import WEEKLY_REPORT, retry_delay, weekly_report
@@ -231,6 +235,33 @@ class TestThePage:
         assert warnings.count("Сделки без контакта") == 1
         assert "Сделки без контакта не участвуют в удержании: сделка 1" in warnings
         assert "Нет плана: процент от выручки не начисляется: Анна М17" in warnings
+
+
+class TestTheChartOnThePage:
+    def test_the_post_carries_the_weeks_chart_as_one_png(self) -> None:
+        report = build_report(kpi1_week(), MONDAY, POSTED, rules(PLAN))
+
+        post = render(report, rules(PLAN))
+
+        [chart] = post.files
+        assert chart.name == "итоги-недели-2025-W02.png"
+        assert chart.content == chart_png(report, rules(PLAN).report.texts)
+        assert chart.content.startswith(b"\x89PNG\r\n\x1a\n")
+
+    def test_the_files_name_comes_from_the_configuration(self) -> None:
+        custom = rules('\n[report.texts]\nchart_file = "kpi-{week}.png"\n')
+
+        post = render(build_report(kpi1_week(), MONDAY, POSTED, custom), custom)
+
+        assert [file.name for file in post.files] == ["kpi-2025-W02.png"]
+
+    def test_a_week_without_managers_is_posted_without_a_chart(self) -> None:
+        empty = build_report(data(staff=()), MONDAY, POSTED, rules())
+
+        post = render(empty, rules())
+
+        assert post.files == ()
+        assert "Заметных проблем нет." in post.message
 
 
 # -- posting --------------------------------------------------------------------------
@@ -452,6 +483,141 @@ class TestPostingOnce:
                 await poster.post("2025-W02", build_post, ["UA"])
 
         assert posts(feed) == []
+
+
+@functools.cache
+def chart_post() -> FeedPost:
+    """The KPI-1 week's post, with its chart."""
+    return render(build_report(kpi1_week(), MONDAY, POSTED, rules(PLAN)), rules(PLAN))
+
+
+async def build_chart_post() -> FeedPost:
+    return chart_post()
+
+
+def attached(feed: RunningSandbox) -> list[dict[str, Any]]:
+    files: list[dict[str, Any]] = feed.http.get("/_sandbox/feed/files").json()["files"]
+    return files
+
+
+def file_bytes(feed: RunningSandbox, attached_id: int) -> bytes:
+    response = feed.http.get(f"/_sandbox/feed/files/{attached_id}")
+    response.raise_for_status()
+    return response.content
+
+
+@pytest.mark.usefixtures("cleanup")
+class TestPostingTheChart:
+    async def test_the_chart_goes_as_a_name_and_base64_pair(
+        self, feed: RunningSandbox, redis: Redis, prefix: str
+    ) -> None:
+        bodies: list[bytes] = []
+
+        async def keep(request: httpx.Request) -> None:
+            bodies.append(request.content)
+
+        async with httpx.AsyncClient(event_hooks={"request": [keep]}) as http:
+            poster = WeeklyPoster(client_on(feed, http), redis, prefix=prefix)
+            await poster.post("2025-W02", build_chart_post, ["UA"])
+
+        [sent] = [json.loads(body) for body in bodies]
+        [chart] = chart_post().files
+        assert sent["FILES"] == [
+            [chart.name, base64.b64encode(chart.content).decode("ascii")]
+        ]
+
+    async def test_the_feed_entry_carries_exactly_the_rendered_image(
+        self, feed: RunningSandbox, redis: Redis, prefix: str
+    ) -> None:
+        async with httpx.AsyncClient() as http:
+            poster = WeeklyPoster(client_on(feed, http), redis, prefix=prefix)
+            posted = await poster.post("2025-W02", build_chart_post, ["UA"])
+
+        [entry] = feed.result("log.blogpost.get", {"POST_ID": posted.post_id})
+        [file_id] = entry["FILES"]
+        assert entry["UF_BLOG_POST_FILE"]["VALUE"] == [file_id]
+        assert entry["HAS_PROPS"] == "Y"
+        [chart] = chart_post().files
+        assert file_bytes(feed, file_id) == chart.content
+        assert attached(feed) == [
+            {
+                "id": file_id,
+                "object_id": 1,
+                "post_id": posted.post_id,
+                "name": "итоги-недели-2025-W02.png",
+                "size": len(chart.content),
+            }
+        ]
+
+    async def test_posting_twice_makes_one_post_with_one_image(
+        self, feed: RunningSandbox, redis: Redis, prefix: str
+    ) -> None:
+        async with httpx.AsyncClient() as http:
+            poster = WeeklyPoster(client_on(feed, http), redis, prefix=prefix)
+            first = await poster.post("2025-W02", build_chart_post, ["UA"])
+            again = await poster.post("2025-W02", build_chart_post, ["UA"])
+
+        assert again.post_id == first.post_id
+        assert len(posts(feed)) == 1
+        assert [file["post_id"] for file in attached(feed)] == [first.post_id]
+
+    async def test_a_failed_post_is_retried_with_its_image(
+        self, feed: RunningSandbox, redis: Redis, prefix: str
+    ) -> None:
+        feed.http.post(
+            "/_sandbox/faults",
+            json={"method": "log.blogpost.add", "kind": "html", "times": 1},
+        ).raise_for_status()
+        async with httpx.AsyncClient() as http:
+            poster = WeeklyPoster(client_on(feed, http), redis, prefix=prefix)
+            with pytest.raises(WriteOutcomeUnknown):
+                await poster.post("2025-W02", build_chart_post, ["UA"])
+            retried = await poster.post("2025-W02", build_chart_post, ["UA"])
+
+        [entry] = posts(feed)
+        [file] = attached(feed)
+        assert (entry["FILES"], file["post_id"]) == ([file["id"]], retried.post_id)
+        assert file_bytes(feed, file["id"]) == chart_post().files[0].content
+
+    async def test_a_lost_answer_is_found_with_its_image_not_doubled(
+        self, feed: RunningSandbox, redis: Redis, prefix: str
+    ) -> None:
+        feed.http.post(
+            "/_sandbox/faults",
+            json={
+                "method": "log.blogpost.add",
+                "kind": "timeout_after_write",
+                "seconds": 2,
+                "times": 1,
+            },
+        ).raise_for_status()
+        async with httpx.AsyncClient(timeout=httpx.Timeout(0.5)) as http:
+            poster = WeeklyPoster(client_on(feed, http), redis, prefix=prefix)
+            with pytest.raises(WriteOutcomeUnknown):
+                await poster.post("2025-W02", build_chart_post, ["UA"])
+            found = await poster.post("2025-W02", build_chart_post, ["UA"])
+
+        assert not found.created
+        assert adds(feed) == 1
+        [file] = attached(feed)
+        assert file["post_id"] == found.post_id
+
+    async def test_a_post_without_a_chart_sends_no_files(
+        self, feed: RunningSandbox, redis: Redis, prefix: str
+    ) -> None:
+        bodies: list[bytes] = []
+
+        async def keep(request: httpx.Request) -> None:
+            bodies.append(request.content)
+
+        async with httpx.AsyncClient(event_hooks={"request": [keep]}) as http:
+            poster = WeeklyPoster(client_on(feed, http), redis, prefix=prefix)
+            await poster.post("2025-W02", build_post, ["UA"])
+
+        assert "FILES" not in json.loads(bodies[0])
+        [entry] = posts(feed)
+        assert (entry["HAS_PROPS"], "FILES" in entry) == ("N", False)
+        assert attached(feed) == []
 
 
 # -- the cron -----------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import pytest
 
 from tests.sandbox.conftest import RunningSandbox
@@ -221,3 +224,164 @@ class TestNotify:
         stored = team.app.portal.table("notify").get(notify_id)
         assert stored is not None
         assert stored["FROM_USER_ID"] == "1"
+
+
+PIXEL = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e5273fcb0000000049454e44ae426082"
+)
+
+
+def encoded(content: bytes) -> str:
+    return base64.b64encode(content).decode("ascii")
+
+
+def stored_files(sandbox: RunningSandbox) -> list[dict[str, Any]]:
+    files: list[dict[str, Any]] = sandbox.http.get("/_sandbox/feed/files").json()[
+        "files"
+    ]
+    return files
+
+
+def download(sandbox: RunningSandbox, attached_id: int) -> httpx.Response:
+    return sandbox.http.get(f"/_sandbox/feed/files/{attached_id}")
+
+
+class TestBlogPostFiles:
+    def test_a_file_is_saved_and_the_post_lists_it(self, team: RunningSandbox) -> None:
+        post_id = team.result(
+            "log.blogpost.add",
+            {"POST_MESSAGE": "Chart", "FILES": [["chart.png", encoded(PIXEL)]]},
+        )
+
+        [post] = team.result("log.blogpost.get", {"POST_ID": post_id})
+
+        assert post["HAS_PROPS"] == "Y"
+        assert post["FILES"] == [1]
+        field = post["UF_BLOG_POST_FILE"]
+        assert (field["USER_TYPE_ID"], field["MULTIPLE"]) == ("disk_file", "Y")
+        assert field["VALUE"] == [1]
+        assert field["ENTITY_VALUE_ID"] == post_id
+        # The keys and types of the field as docs `log/log-blogpost-get.md` shows it.
+        assert (field["ID"], field["ENTITY_ID"], field["FIELD_NAME"]) == (
+            "8",
+            "BLOG_POST",
+            "UF_BLOG_POST_FILE",
+        )
+        assert field["USER_TYPE"]["CLASS_NAME"] == "Bitrix\\Disk\\Uf\\FileUserType"
+        assert field["USER_TYPE"]["BASE_TYPE"] == "int"
+
+    def test_the_stored_bytes_are_the_decoded_content(
+        self, team: RunningSandbox
+    ) -> None:
+        post_id = team.result(
+            "log.blogpost.add",
+            {"POST_MESSAGE": "Chart", "FILES": [["chart.png", encoded(PIXEL)]]},
+        )
+
+        response = download(team, 1)
+
+        assert response.content == PIXEL
+        assert response.headers["content-type"] == "image/png"
+        assert stored_files(team) == [
+            {
+                "id": 1,
+                "object_id": 1,
+                "post_id": post_id,
+                "name": "chart.png",
+                "size": len(PIXEL),
+            }
+        ]
+
+    def test_several_files_keep_their_order(self, team: RunningSandbox) -> None:
+        post_id = team.result(
+            "log.blogpost.add",
+            {
+                "POST_MESSAGE": "Two",
+                "FILES": [["a.txt", encoded(b"first")], ["b.txt", encoded(b"second")]],
+            },
+        )
+
+        [post] = team.result("log.blogpost.get", {"POST_ID": post_id})
+
+        assert post["FILES"] == [1, 2]
+        assert [download(team, n).content for n in post["FILES"]] == [
+            b"first",
+            b"second",
+        ]
+
+    def test_form_encoded_files_are_read(self, team: RunningSandbox) -> None:
+        body = "&".join(
+            [
+                "POST_MESSAGE=Hi",
+                "FILES%5B0%5D%5B0%5D=chart.png",
+                "FILES%5B0%5D%5B1%5D=" + quote(encoded(PIXEL), safe=""),
+            ]
+        )
+        response = team.http.post(
+            "/rest/1/sandbox/log.blogpost.add",
+            content=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+        assert response.status_code == 200
+        assert download(team, 1).content == PIXEL
+
+    def test_base64_is_read_as_php_reads_it(self, team: RunningSandbox) -> None:
+        # Line breaks and missing padding, as some encoders write it.
+        text = encoded(b"leadloop chart!").rstrip("=")
+        wrapped = text[:8] + "\r\n" + text[8:]
+
+        team.result(
+            "log.blogpost.add", {"POST_MESSAGE": "x", "FILES": [["a.bin", wrapped]]}
+        )
+
+        assert download(team, 1).content == b"leadloop chart!"
+
+    @pytest.mark.parametrize(
+        "files",
+        [[["empty.png", ""]], [["no-content.png"]], [["false.png", "false"]], "abc"],
+    )
+    def test_a_file_without_content_is_skipped_and_the_post_added(
+        self, team: RunningSandbox, files: Any
+    ) -> None:
+        post_id = team.result("log.blogpost.add", {"POST_MESSAGE": "x", "FILES": files})
+
+        [post] = team.result("log.blogpost.get", {"POST_ID": post_id})
+
+        assert post["HAS_PROPS"] == "N"
+        assert "FILES" not in post
+        assert stored_files(team) == []
+
+    def test_a_nameless_file_gets_a_made_up_name(self, team: RunningSandbox) -> None:
+        team.result(
+            "log.blogpost.add", {"POST_MESSAGE": "x", "FILES": [encoded(b"bare")]}
+        )
+
+        [stored] = stored_files(team)
+
+        assert len(stored["name"]) == 32
+        assert stored["name"].isalnum()
+        assert download(team, 1).content == b"bare"
+
+    def test_a_path_in_the_name_is_dropped(self, team: RunningSandbox) -> None:
+        team.result(
+            "log.blogpost.add",
+            {"POST_MESSAGE": "x", "FILES": [["../../etc/chart.png", encoded(PIXEL)]]},
+        )
+
+        assert [file["name"] for file in stored_files(team)] == ["chart.png"]
+
+    def test_an_unknown_file_is_not_found(self, team: RunningSandbox) -> None:
+        assert download(team, 5).status_code == 404
+
+    def test_a_reset_forgets_the_files(self, team: RunningSandbox) -> None:
+        team.result(
+            "log.blogpost.add",
+            {"POST_MESSAGE": "x", "FILES": [["a.png", encoded(PIXEL)]]},
+        )
+
+        team.reset()
+
+        assert stored_files(team) == []
+        assert download(team, 1).status_code == 404
