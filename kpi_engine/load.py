@@ -81,8 +81,20 @@ DEAL_FIELDS = (
     "CONTACT_ID",
     "LEAD_ID",
     "DATE_CREATE",
+    # Not counted by any metric: the dashboard's channels and deal lists show them.
+    "SOURCE_ID",
+    "TITLE",
+    "STAGE_ID",
 )
-LEAD_FIELDS = ("ID", "STATUS_ID", "ASSIGNED_BY_ID", "CONTACT_ID", "DATE_CREATE")
+LEAD_FIELDS = (
+    "ID",
+    "STATUS_ID",
+    "ASSIGNED_BY_ID",
+    "CONTACT_ID",
+    "DATE_CREATE",
+    "SOURCE_ID",
+    "TITLE",
+)
 HISTORY_FIELDS = (
     "ID",
     "TYPE_ID",

@@ -1,0 +1,1 @@
+"""The KPI dashboard at `/dashboard`: server-rendered HTML and inline SVG charts."""
