@@ -3,7 +3,9 @@
 Where no Telegram or WhatsApp credentials are set, the bots are the sandbox's: the
 service sends to the sandbox's Bot API and Graph API, and the sandbox delivers what
 a person types at `/_sandbox/telegram/deliver` or `/_sandbox/whatsapp/deliver` to
-the service's webhooks, so a whole conversation can be watched on one machine.
+the service's webhooks, so a whole conversation can be watched on one machine. Where
+the sandbox is the portal, its deal events go to the API, as a portal's outgoing
+webhook sends them. What is played on top (app/demo.py) is the caller's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -45,6 +48,14 @@ SANDBOX_WEBHOOK_PATH = "/rest/1/sandbox/"
 SANDBOX_GRAPH_VERSION = "v22.0"
 # Open connections get this long to finish after Ctrl-C before they are dropped.
 GRACEFUL_SHUTDOWN_S = 5
+# The rules `run` uses when LEADLOOP_CONFIG is unset, in a checkout of the repository:
+# a salon with managers, services, stages and a visit field, which the demo needs.
+EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "deploy/leadloop.example.toml"
+# Deal events the sandbox portal sends to the API, as `leadloop setup` binds them on
+# a real portal: bookings reach the reminders at once, not at the next reconcile.
+DEAL_EVENTS = ("ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE")
+
+T = TypeVar("T")
 
 
 class LocalRunError(Exception):
@@ -64,6 +75,27 @@ class Listening:
     telegram: str = ""
     whatsapp: str = ""
 
+    @property
+    def dashboard(self) -> str:
+        return f"{self.api}/dashboard"
+
+    @property
+    def events(self) -> str:
+        """The sandbox portal's log of the events it sent."""
+        return f"{self.sandbox}/_sandbox/events"
+
+
+@dataclass(frozen=True)
+class Sockets:
+    """The two listening sockets, bound before anything is built around them."""
+
+    sandbox: socket.socket
+    api: socket.socket
+
+    def close(self) -> None:
+        self.sandbox.close()
+        self.api.close()
+
 
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signals to `run_local`, which owns two of them."""
@@ -75,6 +107,54 @@ class _Server(uvicorn.Server):
 
 def sandbox_base_url(host: str, port: int) -> str:
     return f"http://{_reachable(host)}:{port}"
+
+
+def rules_file(settings: Settings) -> tuple[Settings, str]:
+    """Settings naming the rules file `run` uses, and how to say which one it is.
+
+    LEADLOOP_CONFIG wins; without it, the example salon of the repository; without
+    that (an installed package), the built-in defaults.
+    """
+    if settings.config is not None:
+        return settings, f"{settings.config} (LEADLOOP_CONFIG)"
+    if EXAMPLE_RULES.is_file():
+        shown = shown_path(EXAMPLE_RULES)
+        update = {"config": EXAMPLE_RULES}
+        return settings.model_copy(update=update), f"{shown} (LEADLOOP_CONFIG unset)"
+    return settings, "built-in defaults (LEADLOOP_CONFIG unset)"
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the working directory where it lies below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def listen(settings: Settings, *, any_free: bool = False) -> tuple[Settings, Sockets]:
+    """Bind the sandbox's and the API's ports now; settings name the ports bound.
+
+    With `any_free`, ports not set in the environment are whatever the system
+    hands out, so that a run can start beside another one.
+    """
+    explicit = settings.model_fields_set
+    sandbox_port = settings.sandbox_port
+    api_port = settings.api_port
+    if any_free:
+        sandbox_port = sandbox_port if "sandbox_port" in explicit else 0
+        api_port = api_port if "api_port" in explicit else 0
+    sandbox = _bind(settings.sandbox_host, sandbox_port, "sandbox")
+    try:
+        api = _bind(settings.api_host, api_port, "API")
+    except LocalRunError:
+        sandbox.close()
+        raise
+    bound = {
+        "sandbox_port": sandbox.getsockname()[1],
+        "api_port": api.getsockname()[1],
+    }
+    return settings.model_copy(update=bound), Sockets(sandbox, api)
 
 
 def local_settings(settings: Settings) -> tuple[Settings, str]:
@@ -183,37 +263,44 @@ async def run_local(
     *,
     on_ready: Callable[[Listening], None],
     stop: asyncio.Event | None = None,
-) -> None:
-    """Serve until `stop` is set, SIGINT or SIGTERM; raise `LocalRunError` early."""
-    await _require_redis(settings.redis_url)
-    stop = stop or asyncio.Event()
+    sockets: Sockets | None = None,
+    play: Callable[[Listening], Coroutine[Any, Any, T]] | None = None,
+) -> T | None:
+    """Serve until `stop` is set, SIGINT or SIGTERM; raise `LocalRunError` early.
 
-    sandbox_socket = _bind(settings.sandbox_host, settings.sandbox_port, "sandbox")
+    Once everything is wired, `play` runs (the demo) before `on_ready` announces
+    the addresses; its result is returned. A `play` that sets `stop` makes the run
+    end as soon as it is done.
+    """
     try:
-        api_socket = _bind(settings.api_host, settings.api_port, "API")
+        await _require_redis(settings.redis_url)
     except LocalRunError:
-        sandbox_socket.close()
+        if sockets is not None:
+            sockets.close()
         raise
+    stop = stop or asyncio.Event()
+    if sockets is None:
+        settings, sockets = listen(settings)
 
-    with sandbox_socket, api_socket, _stop_on_signals(stop):
+    with sockets.sandbox, sockets.api, _stop_on_signals(stop):
         sandbox = _Server(_server_config(sandbox_app))
         api = _Server(_server_config(create_app(settings)))
         worker = build_worker(settings, rules, handle_signals=False)
 
         tasks = [
-            _start("sandbox", sandbox.serve([sandbox_socket])),
-            _start("api", api.serve([api_socket])),
+            _start("sandbox", sandbox.serve([sockets.sandbox])),
+            _start("api", api.serve([sockets.api])),
             _start("worker", worker.async_run()),
         ]
         try:
             await _until_started(sandbox, api, tasks)
-            listening = _listening(settings, sandbox_socket, api_socket)
-            async with messenger_client() as http:
-                wired = await connect_sandbox_messengers(
-                    settings, listening.sandbox, listening.api, http
-                )
-            on_ready(_with_chats(listening, *wired))
-            log.info("run.ready")
+            listening = await _wire(settings, sockets)
+            played = None
+            if play is not None:
+                played = await _alongside(play(listening), stop, tasks)
+            if not stop.is_set():
+                on_ready(listening)
+                log.info("run.ready")
             await _until_stopped(stop, tasks)
         finally:
             log.info("run.stopping")
@@ -221,6 +308,60 @@ async def run_local(
             await worker.close()
             await asyncio.gather(*tasks, return_exceptions=True)
     log.info("run.stopped")
+    return played
+
+
+async def _wire(settings: Settings, sockets: Sockets) -> Listening:
+    """Point the sandbox's bots and deal events at the API; where everything is."""
+    listening = _listening(settings, sockets.sandbox, sockets.api)
+    async with messenger_client() as http:
+        wired = await connect_sandbox_messengers(
+            settings, listening.sandbox, listening.api, http
+        )
+        if listening.webhook.startswith(listening.sandbox):
+            await bind_deal_events(listening.webhook, listening.api, http)
+    return _with_chats(listening, *wired)
+
+
+async def bind_deal_events(webhook: str, api: str, http: httpx.AsyncClient) -> None:
+    """Have the sandbox portal POST deal events to the API's Bitrix24 route."""
+    handler = f"{api}/webhooks/bitrix24"
+    try:
+        for event in DEAL_EVENTS:
+            answer = await http.post(
+                f"{webhook}event.bind", json={"event": event, "handler": handler}
+            )
+            answer.raise_for_status()
+    except httpx.HTTPError as error:
+        # Reminders still follow bookings through the reconcile job, only later.
+        log.warning("run.events_not_bound", error=type(error).__name__)
+        return
+    log.info("run.events_bound", events=len(DEAL_EVENTS))
+
+
+async def _alongside(
+    work: Coroutine[Any, Any, T],
+    stop: asyncio.Event,
+    tasks: list[asyncio.Task[None]],
+) -> T | None:
+    """`work`'s result; None when a stop came first. A part that stops is an error."""
+    context = contextvars.copy_context()
+    context.run(structlog.contextvars.bind_contextvars, part="demo")
+    playing = asyncio.create_task(work, name="demo", context=context)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait(
+            [playing, stopping, *tasks], return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        stopping.cancel()
+    if playing.done():
+        return playing.result()
+    playing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await playing
+    _raise_if_stopped(tasks)
+    return None
 
 
 async def _require_redis(redis_url: str) -> None:
@@ -306,8 +447,12 @@ async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -
         [stopping, *tasks], return_when=asyncio.FIRST_COMPLETED
     )
     stopping.cancel()
+    _raise_if_stopped([task for task in tasks if task in done])
+
+
+def _raise_if_stopped(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
-        if task in done:
+        if task.done():
             log.error("run.part_stopped", part=task.get_name())
             raise LocalRunError(f"the {task.get_name()} stopped unexpectedly")
 
