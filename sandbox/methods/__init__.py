@@ -2,6 +2,7 @@
 
 from sandbox.methods import (
     activity,  # noqa: F401
+    admin,  # noqa: F401
     crm_item,  # noqa: F401
     crm_legacy,  # noqa: F401
     directories,  # noqa: F401

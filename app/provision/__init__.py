@@ -1,0 +1,1 @@
+"""Connecting a real portal: `leadloop setup` creates, `leadloop doctor` checks."""
