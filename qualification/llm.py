@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -32,6 +33,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.logging import PHONE_MASK, PersonalDataMasker
+from app.metrics import LLM_CALL_SECONDS, LLM_CALLS, LLM_FALLBACKS
 from app.settings import Settings
 from qualification.phones import find_phones
 from qualification.rules import RuleQualifier, find_budget, fold
@@ -276,8 +278,10 @@ class LlmQualifier:
                 answer = await self._ask(written)
         except TimeoutError:
             log.warning("llm.deadline", deadline_s=self._limits.deadline_s)
+            LLM_FALLBACKS.labels("deadline").inc()
             return baseline
         if answer == "refused":
+            LLM_FALLBACKS.labels("refused").inc()
             return baseline.model_copy(update={"needs_review": True})
         if answer is None:
             return baseline
@@ -308,37 +312,61 @@ class LlmQualifier:
             reason = choice.finish_reason if choice else None
             log.warning("llm.invalid_output", attempt=attempt, finish_reason=reason)
             if output_retries >= self._limits.max_output_retries:
+                LLM_FALLBACKS.labels("invalid_output").inc()
                 return None
             output_retries += 1
             if reason == "length":
                 max_tokens *= 2
         log.warning("llm.gave_up", calls=self._limits.max_calls)
+        LLM_FALLBACKS.labels("gave_up").inc()
         return None
 
     async def _call(
         self, request: dict[str, Any], max_tokens: int, attempt: int
     ) -> ChatCompletion | float | None:
         """The completion; a float is how long to wait before the next attempt."""
-        last = attempt >= self._limits.max_calls
+        started = time.perf_counter()
         try:
             completion = await self._client.chat.completions.create(
                 **request, max_tokens=max_tokens, timeout=self._limits.call_timeout_s
             )
-            return cast(ChatCompletion, completion)
-        except RateLimitError as exc:
-            wait = _retry_after(exc.response.headers) or self._backoff(attempt)
-            log.warning("llm.rate_limited", attempt=attempt, wait_s=wait)
-            return None if last or wait > self._limits.max_retry_after_s else wait
-        except InternalServerError as exc:
-            log.warning("llm.server_error", attempt=attempt, status=exc.status_code)
-            return None if last else self._backoff(attempt)
-        except APIConnectionError as exc:
-            # APITimeoutError is one of these: a hung call ends at call_timeout_s.
-            log.warning("llm.unreachable", attempt=attempt, error=type(exc).__name__)
-            return None if last else self._backoff(attempt)
+        except (RateLimitError, InternalServerError, APIConnectionError) as exc:
+            return self._failed(exc, attempt, started)
         except APIStatusError as exc:
             log.warning("llm.rejected", attempt=attempt, status=exc.status_code)
+            self._counted("rejected", started, fallback=True)
             return None
+        self._counted("ok", started, fallback=False)
+        return cast(ChatCompletion, completion)
+
+    def _failed(
+        self,
+        exc: RateLimitError | InternalServerError | APIConnectionError,
+        attempt: int,
+        started: float,
+    ) -> float | None:
+        """How long to wait before trying again, or None when the rules answer."""
+        last = attempt >= self._limits.max_calls
+        if isinstance(exc, RateLimitError):
+            wait = _retry_after(exc.response.headers) or self._backoff(attempt)
+            log.warning("llm.rate_limited", attempt=attempt, wait_s=wait)
+            outcome = "rate_limited"
+            give_up = last or wait > self._limits.max_retry_after_s
+        elif isinstance(exc, InternalServerError):
+            log.warning("llm.server_error", attempt=attempt, status=exc.status_code)
+            outcome, wait, give_up = "server_error", self._backoff(attempt), last
+        else:
+            # APITimeoutError is one of these: a hung call ends at call_timeout_s.
+            log.warning("llm.unreachable", attempt=attempt, error=type(exc).__name__)
+            outcome, wait, give_up = "unreachable", self._backoff(attempt), last
+        self._counted(outcome, started, fallback=give_up)
+        return None if give_up else wait
+
+    def _counted(self, outcome: str, started: float, *, fallback: bool) -> None:
+        LLM_CALL_SECONDS.observe(time.perf_counter() - started)
+        LLM_CALLS.labels(outcome).inc()
+        if fallback:
+            LLM_FALLBACKS.labels(outcome).inc()
 
     def _backoff(self, attempt: int) -> float:
         return float(self._limits.backoff_s * 2 ** (attempt - 1))
@@ -408,6 +436,7 @@ class LlmQualifier:
             return Qualification.model_validate(fields)
         except ValidationError:
             log.warning("llm.inconsistent_answer")
+            LLM_FALLBACKS.labels("inconsistent_answer").inc()
             return baseline
 
     def _judgements(

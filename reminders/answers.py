@@ -34,6 +34,7 @@ import structlog
 from arq.connections import ArqRedis
 
 from app.config import BusinessRules
+from app.metrics import REMINDER_ANSWERS
 from connectors.messengers.base import MessengerError, Sender
 from reminders.booking import (
     Answer,
@@ -216,6 +217,7 @@ class ReminderAnswers:
         chat = ChatLink(message.channel, message.chat_id)
         if booking is None or booking.stamp != press.stamp or not booking.active:
             log.info("reminders.answer_stale")
+            REMINDER_ANSWERS.labels("stale").inc()
             if deal is not None:
                 await self._step(claim, "comment", self._stale_comment(press, chat))
             return
@@ -231,6 +233,7 @@ class ReminderAnswers:
             await self._cancel(booking, chat, claim)
         await self._step(claim, "buttons", self._remove_buttons(message))
         log.info("reminders.answered")
+        REMINDER_ANSWERS.labels(press.answer).inc()
 
     async def _confirm(self, booking: Booking, chat: ChatLink, claim: str) -> None:
         texts = self._rules.reminders.texts

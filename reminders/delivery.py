@@ -23,6 +23,7 @@ import structlog
 from arq.connections import ArqRedis
 
 from app.config import BusinessRules
+from app.metrics import REMINDERS
 from connectors.messengers.base import (
     AuthFailed,
     Button,
@@ -115,6 +116,15 @@ class Courier:
 
     async def send(self, reminder: Reminder, now: datetime) -> Sent:
         """Send the reminder; the outcome, or SlowDown/Unavailable to retry later."""
+        try:
+            sent = await self._send_reminder(reminder, now)
+        except Exception:
+            REMINDERS.labels(reminder.kind, "deferred").inc()
+            raise
+        REMINDERS.labels(reminder.kind, sent.delivery.value).inc()
+        return sent
+
+    async def _send_reminder(self, reminder: Reminder, now: datetime) -> Sent:
         sender = self._senders.get(reminder.chat.channel)
         if sender is None:
             return Sent(Delivery.NO_SENDER)
@@ -140,6 +150,11 @@ class Courier:
 
     async def send_template(self, reminder: Reminder, now: datetime) -> Sent:
         """The template alone: after WhatsApp reported the window closed."""
+        sent = await self._send_template(reminder, now)
+        REMINDERS.labels(reminder.kind, sent.delivery.value).inc()
+        return sent
+
+    async def _send_template(self, reminder: Reminder, now: datetime) -> Sent:
         sender = self._senders.get(reminder.chat.channel)
         if sender is None or not isinstance(sender, TemplateSender):
             return Sent(Delivery.NO_SENDER)

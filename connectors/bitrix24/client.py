@@ -35,6 +35,13 @@ from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 import httpx
 import structlog
 
+from app.metrics import (
+    BITRIX24_CALL_SECONDS,
+    BITRIX24_CALLS,
+    BITRIX24_RATE_LIMIT_WAIT_SECONDS,
+    error_label,
+    method_group,
+)
 from connectors.bitrix24.auth import Credentials, Endpoint
 from connectors.bitrix24.encoding import (
     Encoder,
@@ -269,10 +276,10 @@ class Bitrix24Client:
         while True:
             await self._wait_for_operating_limit(charged)
             endpoint = await self.credentials.endpoint()
-            await self.limiter.acquire()
+            BITRIX24_RATE_LIMIT_WAIT_SECONDS.observe(await self.limiter.acquire())
             attempt += 1
             try:
-                return await self._post(endpoint, method, body)
+                return await self._counted_post(endpoint, method, body)
             except ExpiredToken:
                 if renewed or not self.credentials.renewable:
                     raise
@@ -327,6 +334,22 @@ class Bitrix24Client:
         if remaining <= 0:
             raise failure
         return min(self.retry.delay(refusals, self._jitter()), remaining)
+
+    async def _counted_post(
+        self, endpoint: Endpoint, method: str, body: Mapping[str, object]
+    ) -> dict[str, Any]:
+        """`_post`, counted and timed by method group and outcome (app/metrics.py)."""
+        group = method_group(method)
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self._post(endpoint, method, body)
+        except Exception as error:
+            outcome = error_label(error)
+            raise
+        finally:
+            BITRIX24_CALL_SECONDS.labels(group).observe(time.perf_counter() - started)
+            BITRIX24_CALLS.labels(group, outcome).inc()
 
     async def _post(
         self, endpoint: Endpoint, method: str, body: Mapping[str, object]
