@@ -12,6 +12,12 @@ WhatsApp message carries it (the wa_id), a Telegram contact when the client shar
 their own card. The lead's phone is a number the client wrote, if any (the one they
 chose to be called on), else this one.
 
+After the hand-off the chat is the manager's, and the dialog passes every later
+message on as a `FollowUp` (qualification.followup puts it on the chat's deal or lead
+and tells the manager). The bot answers the first message of a burst only, so a
+client who writes five lines gets one "передал администратору". When the deal is gone
+or closed, `start_over` opens a new inquiry with what is known (name, phone).
+
 Chats are handled one event at a time, in order (webhooks/jobs.py holds a lock per
 chat), so a turn reads, decides and writes the state without a lock of its own.
 """
@@ -52,6 +58,7 @@ log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
 Stage = Literal["collecting", "handed_over", "done"]
+RecordKind = Literal["deal", "lead"]
 SERVICE_BUTTON = "service:"
 # Telegram shows up to this many service buttons; more would crowd the chat.
 MAX_SERVICE_BUTTONS = 8
@@ -79,17 +86,37 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class FollowUp:
+    """A client's message after the hand-off, to be added to the chat's deal or lead.
+
+    `record` and `record_id` are what the hand-off opened or found, with the
+    client's contact, once the dialog was told (`handed_off`); `first_in_burst` is
+    set on the message the bot answers, the one the manager is told about.
+    """
+
+    intake_id: str
+    record: RecordKind | None = None
+    record_id: int | None = None
+    contact_id: int | None = None
+    # The lead's phone, for finding the client when the record is not known.
+    phone: str | None = None
+    first_in_burst: bool = False
+
+
+@dataclass(frozen=True)
 class DialogTurn:
     """What one client event led to.
 
     `lead` is set once name, phone, service and time are known, and when the client
     asks for a person (then possibly incomplete: `lead.complete` says). `handover`
-    means a person should take the chat from here.
+    means a person should take the chat from here; `follow_up`, that the event came
+    after the hand-off and belongs on the chat's deal or lead.
     """
 
     replies: list[Reply] = field(default_factory=list)
     lead: QualifiedLead | None = None
     handover: bool = False
+    follow_up: FollowUp | None = None
 
 
 _TURN = TypeAdapter(DialogTurn)
@@ -119,7 +146,15 @@ class DialogState(BaseModel):
     bot_spoke: bool = False
     # The sender's own number in E.164, as the messenger gave it (never typed).
     own_phone: str | None = None
-    after_done_sent: bool = False
+    # What the lead said about the client, kept for a next inquiry from this chat.
+    name: str | None = None
+    phone: str | None = None
+    # The deal or lead the hand-off opened or found, and when the bot last said
+    # that a later message went to the manager.
+    record: RecordKind | None = None
+    record_id: int | None = None
+    contact_id: int | None = None
+    forwarded_at: AwareDatetime | None = None
     last_event_id: str | None = None
     last_turn: str | None = None
 
@@ -136,17 +171,25 @@ class DialogEngine:
         *,
         key_prefix: str = "leadloop:dialog",
         ttl: timedelta = timedelta(days=3),
-        closed_ttl: timedelta = timedelta(hours=12),
+        closed_ttl: timedelta = timedelta(days=30),
+        reply_every: timedelta | None = None,
     ) -> None:
         self._redis = redis
         self._rules = rules
         self._qualifier = qualifier
         self._clock = clock
         self._prefix = key_prefix
-        # A dialog in progress waits days for the client; a finished or handed-over
-        # one only half a day, then a new message starts a new inquiry.
+        # A dialog in progress waits days for the client. A finished or handed-over
+        # one keeps the chat's deal for a month: later messages go there while it
+        # is open (checked in the CRM each time), a new inquiry starts once it is
+        # closed, and without the state the hand-off's search finds it again.
         self._ttl = ttl
         self._closed_ttl = closed_ttl
+        # After the hand-off the bot answers one message in this long per chat
+        # ([intake] followup_reply_every_minutes unless a caller says otherwise).
+        self._reply_every = (
+            rules.intake.followup_reply_every if reply_every is None else reply_every
+        )
 
     async def handle(self, message: InboundMessage) -> DialogTurn:
         """The dialog's answer to one event; the state is saved before returning."""
@@ -157,7 +200,43 @@ class DialogEngine:
             log.info("dialog.replayed", intake_id=state.intake_id)
             return _TURN.validate_json(state.last_turn or "{}")
         state = state or DialogState(intake_id=str(uuid.uuid4()))
+        return await self._run(state, message)
 
+    async def start_over(self, message: InboundMessage) -> DialogTurn:
+        """A new inquiry from this event: the chat's deal or lead is gone or closed.
+
+        The new dialog knows what the last one learnt about the client (the name,
+        the phone) and asks only for the rest.
+        """
+        old = await self._load(message)
+        state = _fresh(old)
+        log.info(
+            "dialog.started_over",
+            intake_id=state.intake_id,
+            previous=old.intake_id if old else None,
+        )
+        return await self._run(state, message)
+
+    async def handed_off(
+        self,
+        message: InboundMessage,
+        intake_id: str,
+        record: RecordKind,
+        record_id: int,
+        contact_id: int | None,
+    ) -> None:
+        """Remember the deal or lead that the chat's inquiry went to, and whose."""
+        state = await self._load(message)
+        if state is None or state.intake_id != intake_id:
+            return
+        held = (record, record_id, contact_id)
+        if (state.record, state.record_id, state.contact_id) == held:
+            return
+        state.record, state.record_id, state.contact_id = held
+        await self._save(message, state)
+        log.info("dialog.record", intake_id=intake_id, record=record, id=record_id)
+
+    async def _run(self, state: DialogState, message: InboundMessage) -> DialogTurn:
         turn = await self._turn(state, message)
 
         state.last_event_id = message.event_id
@@ -175,6 +254,7 @@ class DialogEngine:
             replies=len(turn.replies),
             lead=turn.lead is not None,
             handover=turn.handover,
+            follow_up=turn.follow_up is not None,
         )
         return turn
 
@@ -200,7 +280,7 @@ class DialogEngine:
         """Voice, photos, stickers, places: the bot reads text only."""
         state.transcript.append(_line(message.received_at, "client", "[вложение]"))
         if state.stage != "collecting":
-            return DialogTurn(handover=True)
+            return self._follow_up(state)
         return DialogTurn([Reply(self._texts.media)])
 
     async def _on_text(self, state: DialogState, message: InboundMessage) -> DialogTurn:
@@ -208,12 +288,10 @@ class DialogEngine:
         if not text:
             return DialogTurn([Reply(self._texts.media)])
         state.transcript.append(_line(message.received_at, "client", text))
-        if state.stage == "handed_over":
-            return DialogTurn(handover=True)
+        if state.stage != "collecting":
+            return self._follow_up(state)
         if _HUMAN.search(fold(text)):
             return await self._hand_over(state, message, text)
-        if state.stage == "done":
-            return self._after_done(state)
         self._remember(state, message, text, "text")
         return await self._advance(state, message)
 
@@ -236,6 +314,9 @@ class DialogEngine:
         state.transcript.append(
             _line(message.received_at, "client", f"(изменено) {text}")
         )
+        if state.stage != "collecting":
+            # The manager sees the new wording; the client gets no new answer.
+            return self._follow_up(state, answer=False)
         if edited is None:
             self._remember(state, message, text, "text")
         else:
@@ -250,7 +331,7 @@ class DialogEngine:
         phone = (message.phone or "").strip()
         state.transcript.append(_line(message.received_at, "client", "[контакт]"))
         if state.stage != "collecting":
-            return DialogTurn(handover=True)
+            return self._follow_up(state)
         if not message.phone_is_senders or not phone:
             if state.own_phone is not None:
                 # Someone else's card when the client's own number is known: on
@@ -390,6 +471,7 @@ class DialogEngine:
         )
         hello = "" if state.bot_spoke else self._texts.greeting_short
         lead = self._lead(state, message, qualification, now, handover=False)
+        state.name, state.phone = lead.name, lead.phone
         log.info("dialog.lead", intake_id=state.intake_id)
         text = " ".join(part for part in (hello, confirm, done) if part)
         return DialogTurn([Reply(text)], lead=lead)
@@ -397,9 +479,7 @@ class DialogEngine:
     async def _hand_over(
         self, state: DialogState, message: InboundMessage, text: str
     ) -> DialogTurn:
-        was_collecting = state.stage == "collecting"
-        if was_collecting:
-            self._remember(state, message, text, "text")
+        self._remember(state, message, text, "text")
         state.stage, state.asked = "handed_over", None
         opens = self.opens(self._clock())
         reply = (
@@ -407,21 +487,40 @@ class DialogEngine:
             if opens is None
             else self._texts.handoff_after_hours.format(opens=opens)
         )
-        lead = None
-        if was_collecting:
-            qualification = await self._qualify(state)
-            lead = self._lead(
-                state, message, qualification, self._clock(), handover=True
-            )
+        qualification = await self._qualify(state)
+        lead = self._lead(state, message, qualification, self._clock(), handover=True)
+        state.name, state.phone = lead.name, lead.phone
         log.info("dialog.handover", intake_id=state.intake_id)
         return DialogTurn([Reply(reply)], lead=lead, handover=True)
 
-    def _after_done(self, state: DialogState) -> DialogTurn:
-        """After the lead went out, the chat is the manager's; one reminder of that."""
-        if state.after_done_sent:
-            return DialogTurn(handover=True)
-        state.after_done_sent = True
-        return DialogTurn([Reply(self._texts.after_done)], handover=True)
+    def _follow_up(self, state: DialogState, *, answer: bool = True) -> DialogTurn:
+        """After the hand-off: the message goes to the manager, the bot says so once
+        a burst (the first message after `reply_every` of quiet)."""
+        now = self._clock()
+        quiet = state.forwarded_at is None or now - state.forwarded_at >= (
+            self._reply_every
+        )
+        first = answer and quiet
+        replies = []
+        if first:
+            state.forwarded_at = now
+            opens = self.opens(now)
+            texts = self._texts
+            text = (
+                texts.forwarded
+                if opens is None
+                else texts.forwarded_after_hours.format(opens=opens)
+            )
+            replies.append(Reply(text))
+        follow_up = FollowUp(
+            state.intake_id,
+            state.record,
+            state.record_id,
+            state.contact_id,
+            phone=state.phone or state.own_phone,
+            first_in_burst=first,
+        )
+        return DialogTurn(replies, handover=True, follow_up=follow_up)
 
     # --- working hours -------------------------------------------------------------
 
@@ -544,6 +643,24 @@ class DialogEngine:
             state.model_dump_json(),
             px=int(ttl.total_seconds() * 1000),
         )
+
+
+def _fresh(old: DialogState | None) -> DialogState:
+    """A new inquiry's state, told the client's name and phone as if answered."""
+    state = DialogState(intake_id=str(uuid.uuid4()))
+    if old is None:
+        return state
+    state.own_phone = old.own_phone
+    state.name, state.phone = old.name, old.phone
+    known: list[tuple[Slot, str | None]] = [("name", old.name)]
+    if old.phone != old.own_phone:
+        known.append(("phone", old.phone))
+    state.messages = [
+        StoredMessage(text=value, at=old.messages[-1].at, asked=slot)
+        for slot, value in known
+        if value and old.messages
+    ]
+    return state
 
 
 def _senders_phone(message: InboundMessage) -> Phone | None:

@@ -7,6 +7,9 @@ is safe to repeat:
 
 - the dialog answers a replayed event with the turn it stored for it;
 - the hand-off keeps its outcome per lead, and its CRM records carry keys;
+- a message after the hand-off goes to the chat's deal once per event id
+  (qualification.followup), or starts a new inquiry when that deal is over; while
+  the portal fails it waits in Redis for the follow-up job (qualification.pending);
 - each reply is marked sent (per event and position) once the messenger took it,
   so a retry after a crash sends only what had not gone out.
 
@@ -32,6 +35,7 @@ from arq.worker import Function, Retry, func
 
 from app.clients import Clients
 from app.config import BusinessRules, load_rules
+from app.metrics import HANDOFFS
 from app.settings import Settings
 from connectors.bitrix24.batcher import Batcher
 from connectors.bitrix24.client import Bitrix24Client
@@ -47,10 +51,13 @@ from connectors.messengers.base import (
 )
 from connectors.messengers.telegram import TelegramSender
 from connectors.messengers.whatsapp import MAX_LIST_ROWS, WhatsAppSender
-from qualification.dialog import DialogEngine, DialogTurn, Reply
+from qualification.dialog import DialogEngine, DialogTurn, FollowUp, Reply
+from qualification.followup import FollowUps
 from qualification.handoff import HAND_OFF_JOB, DeferredHandOffs, HandOff
 from qualification.llm import LlmQualifier
 from qualification.managers import ManagerPicker
+from qualification.pending import CTX_KEY as FOLLOW_UPS_KEY
+from qualification.pending import PendingFollowUps
 from qualification.rules import RuleQualifier
 from qualification.schema import Qualifier
 from reminders.keys import ReminderKeys
@@ -238,11 +245,13 @@ class InboundHandler:
         deferred: DeferredHandOffs,
         answers: ReminderAnswers | None,
         times: InboundTimes,
+        followups: FollowUps | None = None,
         inline_budget_s: float = INLINE_HAND_OFF_BUDGET_S,
     ) -> None:
         self._dialog = dialog
         self._replies = replies
         self._handoff = handoff
+        self._followups = followups
         self._deferred = deferred
         self._answers = answers
         self._times = times
@@ -270,7 +279,9 @@ class InboundHandler:
         if await self._reminder_answered(message):
             return
         turn = await self._dialog.handle(message)
-        replies = await self._hand_off(turn)
+        if turn.follow_up is not None:
+            turn = await self._follow_up(message, turn.follow_up, turn)
+        replies = await self._hand_off(turn, message)
         sent = await self._replies.send(message, replies)
         log.info("intake.turn_done", replies=len(replies), sent=sent)
 
@@ -296,12 +307,33 @@ class InboundHandler:
             log.info("intake.reminder_answer", kind=message.kind.value)
         return taken
 
-    async def _hand_off(self, turn: DialogTurn) -> list[Reply]:
+    async def _follow_up(
+        self, message: InboundMessage, follow_up: FollowUp, turn: DialogTurn
+    ) -> DialogTurn:
+        """After the hand-off: onto the chat's open deal, or a new inquiry."""
+        if self._followups is None:
+            log.error("intake.followup_no_portal", intake_id=follow_up.intake_id)
+            return turn
+        placed = await self._followups.add(message, follow_up)
+        if placed.outcome == "gone":
+            return await self._dialog.start_over(message)
+        if placed.record is not None and placed.record_id is not None:
+            await self._dialog.handed_off(
+                message,
+                follow_up.intake_id,
+                placed.record,
+                placed.record_id,
+                placed.contact_id,
+            )
+        return turn
+
+    async def _hand_off(self, turn: DialogTurn, message: InboundMessage) -> list[Reply]:
         lead = turn.lead
         if lead is None:
             return turn.replies
         if self._handoff is None:
             log.error("intake.no_portal", intake_id=lead.intake_id)
+            HANDOFFS.labels("deferred").inc()
             await self._deferred.defer(lead, HAND_OFF_FIRST_DELAY)
             return turn.replies
         try:
@@ -311,8 +343,12 @@ class InboundHandler:
             # Any failure, ours or the portal's: the client still gets the dialog's
             # answer now, and the lead waits in Redis for the retrying job.
             log.exception("intake.handoff_failed", intake_id=lead.intake_id)
+            HANDOFFS.labels("deferred").inc()
             await self._deferred.defer(lead, HAND_OFF_FIRST_DELAY)
             return turn.replies
+        await self._dialog.handed_off(
+            message, lead.intake_id, done.record, done.record_id, done.contact_id
+        )
         return _with_next_step(turn.replies, self._handoff.client_reply(lead, done))
 
     async def hand_off_parked(self, intake_id: str, job_try: int) -> None:
@@ -334,6 +370,7 @@ class InboundHandler:
             )
             if job_try >= HAND_OFF_MAX_TRIES:
                 log.error("intake.parked_given_up", intake_id=intake_id)
+                HANDOFFS.labels("given_up").inc()
                 raise
             raise Retry(defer=parked_retry_delay(job_try)) from error
         await self._deferred.release(intake_id)
@@ -426,11 +463,13 @@ def open_intake(ctx: JobContext) -> Intake:
         else Links(redis, keys=ReminderKeys(f"{root}:reminders"))
     )
 
-    handoff = None
+    handoff, followups = None, None
+    deferred = DeferredHandOffs(redis, prefix=f"{root}:intake")
     if client is not None and batcher is not None:
         picker = ManagerPicker(redis, rules, counter_key=f"{root}:intake:round_robin")
+        writer = Writer(client, batcher)
         handoff = HandOff(
-            Writer(client, batcher),
+            writer,
             redis,
             rules,
             picker,
@@ -439,6 +478,19 @@ def open_intake(ctx: JobContext) -> Intake:
             prefix=f"{root}:intake",
             contact_locks=ContactLocks(redis, prefix=f"{root}:lock:contact"),
         )
+        followups = FollowUps(
+            handoff,
+            writer,
+            redis,
+            rules,
+            picker,
+            deferred,
+            clock=_now,
+            prefix=f"{root}:intake",
+            pending=PendingFollowUps(redis, prefix=f"{root}:intake"),
+        )
+        # What the follow-up job drains with (qualification.pending).
+        ctx[FOLLOW_UPS_KEY] = followups
     handler = InboundHandler(
         DialogEngine(
             redis,
@@ -449,9 +501,10 @@ def open_intake(ctx: JobContext) -> Intake:
         ),
         ReplySender(senders, redis, keys=keys, prefix=f"{root}:intake"),
         handoff=handoff,
-        deferred=DeferredHandOffs(redis, prefix=f"{root}:intake"),
+        deferred=deferred,
         answers=reminders.answers if reminders else None,
         times=links,
+        followups=followups,
     )
     ctx["inbound_handler"] = ctx["intake_handler"] = handler
     log.info("intake.ready", channels=sorted(senders), portal=client is not None)

@@ -37,6 +37,7 @@ from pydantic import TypeAdapter
 from redis.asyncio import Redis
 
 from app.config import BusinessRules
+from app.metrics import HANDOFFS, LEAD_TO_CRM_SECONDS
 from connectors.bitrix24.batcher import Batcher
 from connectors.bitrix24.client import BatchResult, Command
 from connectors.bitrix24.errors import Bitrix24Error
@@ -90,7 +91,12 @@ class ChatLinks(Protocol):
 
 def inquiry_key(lead: QualifiedLead) -> str:
     """The idempotency key of a lead: its chat's pseudonym and its intake id."""
-    return f"intake:{chat_key(lead.channel, lead.chat_id)}:{lead.intake_id}"
+    return chat_inquiry_key(lead.channel, lead.chat_id, lead.intake_id)
+
+
+def chat_inquiry_key(channel: Channel, chat_id: str, intake_id: str) -> str:
+    """`inquiry_key` from the chat and the dialog's intake id."""
+    return f"intake:{chat_key(channel, chat_id)}:{intake_id}"
 
 
 @dataclass(frozen=True)
@@ -102,17 +108,19 @@ class Identity:
 
     @classmethod
     def of(cls, lead: QualifiedLead) -> Identity:
-        phones = [lead.phone] if lead.phone else []
-        if lead.channel == "whatsapp":
+        return cls.of_chat(lead.channel, lead.chat_id, lead.phone)
+
+    @classmethod
+    def of_chat(cls, channel: Channel, chat_id: str, phone: str | None) -> Identity:
+        phones = [phone] if phone else []
+        if channel == "whatsapp":
             # The wa_id is the number the client writes from (digits, no plus).
-            own = (
-                normalize_phone(f"+{lead.chat_id}") if lead.chat_id.isdigit() else None
-            )
+            own = normalize_phone(f"+{chat_id}") if chat_id.isdigit() else None
             phones += [own.e164] if own else []
             if not phones:
-                return cls((), ("OTHER", f"whatsapp:{lead.chat_id}"))
+                return cls((), ("OTHER", f"whatsapp:{chat_id}"))
             return cls(tuple(dict.fromkeys(phones)), None)
-        return cls(tuple(phones), ("TELEGRAM", lead.chat_id))
+        return cls(tuple(phones), ("TELEGRAM", chat_id))
 
     @property
     def phone(self) -> str | None:
@@ -199,6 +207,7 @@ class HandOff:
             done = await self.recall(lead)
             if done is not None:
                 log.info("intake.handoff_replayed", record_id=done.record_id)
+                HANDOFFS.labels("replayed").inc()
                 return done
 
             identity = Identity.of(lead)
@@ -220,6 +229,11 @@ class HandOff:
             await self._redis.set(
                 self._memo_key(lead), _HANDED_OFF.dump_json(done), px=_ms(MEMO_TTL)
             )
+            HANDOFFS.labels("handed_off").inc()
+            # From the dialog completing the lead: inline it is the CRM's writes,
+            # parked it includes the wait for the portal to come back.
+            waited = self._clock() - lead.created_at
+            LEAD_TO_CRM_SECONDS.observe(max(waited.total_seconds(), 0.0))
             log.info(
                 "intake.handed_off",
                 record=done.record,
@@ -233,8 +247,22 @@ class HandOff:
 
     async def recall(self, lead: QualifiedLead) -> HandedOff | None:
         """The finished hand-off of this lead, if there was one."""
-        raw = await self._redis.get(self._memo_key(lead))
+        return await self.recall_chat(lead.channel, lead.chat_id, lead.intake_id)
+
+    async def recall_chat(
+        self, channel: Channel, chat_id: str, intake_id: str
+    ) -> HandedOff | None:
+        """The finished hand-off of a chat's inquiry, by the dialog's intake id."""
+        key = f"{self._prefix}:handoff:{chat_inquiry_key(channel, chat_id, intake_id)}"
+        raw = await self._redis.get(key)
         return None if raw is None else _HANDED_OFF.validate_json(raw)
+
+    async def find_open(self, identity: Identity) -> OpenRecord | None:
+        """The client's open deal (or lead) in the CRM, found as the hand-off does."""
+        kind = await self._record_kind()
+        # Only reads: no key of an inquiry in progress to tell ours from theirs.
+        found = await self._look_up(identity, kind, key="")
+        return found.open_record
 
     def client_reply(self, lead: QualifiedLead, done: HandedOff) -> str | None:
         """What the bot tells the client now: the request, and who calls when.

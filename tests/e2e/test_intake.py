@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Stack
+from tests.qualification.test_handoff import STAFF
+from tests.sandbox.conftest import RunningSandbox
 from webhooks.keys import InboxKeys
 from webhooks.statuses import SentMessages
 
@@ -107,6 +109,99 @@ class TestTelegram:
 
         assert await counts(stack) == before
         assert before | {"telegram": 4} == before
+
+
+FORWARDED = "Передал ваше сообщение администратору, он ответит в этом чате."
+
+
+async def telegram_deal(stack: Stack) -> dict[str, Any]:
+    """Anna's conversation, to the deal it opens."""
+    await telegram_until_the_phone(stack)
+    await share_contact(stack)
+    await stack.settle()
+    [deal] = (await stack.crm())["deals"]
+    return dict(deal)
+
+
+async def anna_writes(stack: Stack, text: str) -> dict[str, Any]:
+    update = {"chat_id": TG_CHAT, "first_name": "Анна", "text": text}
+    delivered = await stack.tell_telegram(update)
+    await stack.settle()
+    return delivered
+
+
+class TestAfterTheHandOff:
+    async def test_later_messages_go_on_the_deal_and_the_manager_hears_once(
+        self, stack: Stack, sandbox: RunningSandbox
+    ) -> None:
+        deal = await telegram_deal(stack)
+        answered = len(await stack.telegram_messages(TG_CHAT))
+
+        later = [
+            await anna_writes(stack, "Ещё раз здравствуйте"),
+            await anna_writes(stack, "Можно в 19:00 вместо 18?"),
+        ]
+
+        crm = await stack.crm()
+        assert [row["ID"] for row in crm["deals"]] == [deal["ID"]]
+        comments = sorted(crm["comments"], key=lambda row: int(row["ID"]))
+        assert [row["COMMENT"].splitlines()[0] for row in comments] == [
+            "Переписка в Telegram:",
+            "Клиент написал в Telegram после передачи заявки.",
+            "Клиент написал в Telegram после передачи заявки.",
+        ]
+        assert comments[1]["COMMENT"].endswith("Клиент: Ещё раз здравствуйте")
+        assert comments[2]["COMMENT"].endswith("Клиент: Можно в 19:00 вместо 18?")
+        # The call-back task is still open: the manager gets one notification.
+        assert len(crm["tasks"]) == 1
+        notices = [
+            (row["USER_ID"], row["TAG"]) for row in sandbox.app.portal.table("notify")
+        ]
+        assert notices == [("17", f"leadloop:followup:deal:{deal['ID']}")]
+        replies = await stack.telegram_messages(TG_CHAT)
+        assert [reply["text"] for reply in replies[answered:]] == [FORWARDED]
+
+        before = await counts(stack)
+        for outcome in later:
+            await stack.tell_telegram(outcome["update"])
+        await stack.settle()
+        assert await counts(stack) == before
+
+    async def test_after_the_deal_is_won_a_message_opens_a_new_deal(
+        self, stack: Stack
+    ) -> None:
+        deal = await telegram_deal(stack)
+        await stack.rest(
+            "crm.deal.update", {"id": deal["ID"], "fields": {"STAGE_ID": "WON"}}
+        )
+
+        await anna_writes(stack, "Хочу ещё на педикюр завтра в 12")
+
+        crm = await stack.crm()
+        [new] = [row for row in crm["deals"] if row["ID"] != deal["ID"]]
+        assert new["TITLE"] == "Педикюр — Анна"
+        assert new["CONTACT_ID"] == deal["CONTACT_ID"]
+        assert len(crm["tasks"]) == 2
+        last = (await stack.telegram_messages(TG_CHAT))[-1]
+        assert last["text"].startswith("Здравствуйте! Ваша заявка: Педикюр, завтра")
+
+    async def test_after_a_portal_reset_the_readmes_first_message_opens_a_deal(
+        self, stack: Stack, sandbox: RunningSandbox
+    ) -> None:
+        await telegram_deal(stack)
+        sandbox.reset()
+        sandbox.load({"users": STAFF, "settings": {"crm_mode": "simple"}})
+
+        await anna_writes(stack, "Меня зовут Анна, хочу на маникюр завтра после 18")
+
+        crm = await stack.crm()
+        [deal] = crm["deals"]
+        assert deal["TITLE"] == "Маникюр — Анна"
+        [contact] = crm["contacts"]
+        assert [phone["VALUE"] for phone in contact["PHONE"]] == ["+79990000001"]
+        assert len(crm["tasks"]) == 1
+        last = (await stack.telegram_messages(TG_CHAT))[-1]
+        assert "Менеджер свяжется с вами" in last["text"]
 
 
 class TestWhatsApp:

@@ -16,7 +16,13 @@ from redis.asyncio import Redis
 from app.config import BusinessRules, Messages
 from app.settings import Settings
 from connectors.messengers.base import Button
-from qualification.dialog import DialogEngine, DialogState, DialogTurn, Reply
+from qualification.dialog import (
+    DialogEngine,
+    DialogState,
+    DialogTurn,
+    FollowUp,
+    Reply,
+)
 from qualification.llm import LlmQualifier
 from qualification.rules import RuleQualifier
 from qualification.schema import ClientMessage, Qualification
@@ -442,7 +448,7 @@ class TestHandover:
     ) -> None:
         assert not (await client.say(text)).handover
 
-    async def test_the_lead_carries_what_was_known_and_the_bot_goes_quiet(
+    async def test_the_lead_carries_what_was_known_and_later_words_are_passed_on(
         self, client: Conversation, qualifier: CountingQualifier
     ) -> None:
         await client.say("Я Анна, хочу маникюр")
@@ -453,7 +459,11 @@ class TestHandover:
         calls = qualifier.calls
 
         later = await client.say("алло, есть кто?")
-        assert later == DialogTurn(replies=[], lead=None, handover=True)
+        assert later == DialogTurn(
+            [Reply(TEXTS.forwarded)],
+            handover=True,
+            follow_up=FollowUp(turn.lead.intake_id, first_in_burst=True),
+        )
         assert qualifier.calls == calls
 
     async def test_after_hours_the_handoff_says_when_someone_answers(
@@ -701,23 +711,124 @@ class TestOtherEvents:
         assert turn.replies == [Reply(TEXTS.media)]
 
 
+LEAD = "Анна, маникюр завтра в 11, 89990000001"
+
+
 class TestAfterTheLead:
-    async def test_the_next_message_is_told_once_that_the_manager_has_it(
+    async def test_the_next_message_is_passed_on_and_the_bot_says_so(
         self, client: Conversation, qualifier: CountingQualifier
     ) -> None:
-        await client.say("Анна, маникюр завтра в 11, 89990000001")
+        lead = (await client.say(LEAD)).lead
+        assert lead is not None
         calls = qualifier.calls
 
-        first = await client.say("а можно ещё брови?")
-        second = await client.say("алло")
-        media = await client.send(InboundKind.MEDIA)
+        turn = await client.say("а можно ещё брови?")
 
-        assert first == DialogTurn([Reply(TEXTS.after_done)], handover=True)
-        assert second == DialogTurn(handover=True)
-        assert media == DialogTurn(handover=True)
+        assert turn == DialogTurn(
+            [Reply(TEXTS.forwarded)],
+            handover=True,
+            follow_up=FollowUp(
+                lead.intake_id, phone="+79990000001", first_in_burst=True
+            ),
+        )
         assert qualifier.calls == calls
 
-    async def test_a_finished_dialog_is_kept_half_a_day_a_running_one_three_days(
+    async def test_a_burst_gets_one_answer_and_every_message_is_passed_on(
+        self, client: Conversation, clock: FakeClock
+    ) -> None:
+        await client.say(LEAD)
+
+        first = await client.say("а можно ещё брови?")
+        clock.advance(minutes=3)
+        second = await client.say("алло")
+        media = await client.send(InboundKind.MEDIA)
+        place = await client.send(InboundKind.LOCATION, latitude=47.2, longitude=39.7)
+        clock.advance(minutes=10)
+        after_a_pause = await client.say("вы тут?")
+
+        turns = [first, second, media, place, after_a_pause]
+        assert [len(turn.replies) for turn in turns] == [1, 0, 0, 0, 1]
+        assert all(turn.follow_up is not None for turn in turns)
+        assert [turn.follow_up.first_in_burst for turn in turns if turn.follow_up] == [
+            True,
+            False,
+            False,
+            False,
+            True,
+        ]
+
+    async def test_after_hours_the_answer_says_when_the_administrator_reads_it(
+        self, client: Conversation, clock: FakeClock
+    ) -> None:
+        await client.say(LEAD)
+        clock.now = datetime(2025, 1, 8, 22, 30, tzinfo=MOSCOW)  # Wednesday night
+
+        turn = await client.say("забыла сказать: я опоздаю на 10 минут")
+
+        assert turn.replies == [
+            Reply(TEXTS.forwarded_after_hours.format(opens="завтра в 09:00"))
+        ]
+
+    async def test_an_edit_is_passed_on_without_an_answer(
+        self, client: Conversation
+    ) -> None:
+        await client.say(LEAD)
+
+        turn = await client.send(
+            InboundKind.EDITED,
+            text="Анна, маникюр завтра в 12",
+            provider_message_id="1",
+        )
+
+        assert turn.replies == []
+        assert turn.follow_up is not None
+        assert not turn.follow_up.first_in_burst
+
+    async def test_asking_for_a_person_after_the_lead_opens_no_second_lead(
+        self, client: Conversation
+    ) -> None:
+        await client.say(LEAD)
+
+        turn = await client.say("позовите менеджера")
+
+        assert turn.lead is None
+        assert turn.replies == [Reply(TEXTS.forwarded)]
+        assert turn.follow_up is not None
+
+    async def test_a_late_service_tap_is_still_ignored(
+        self, client: Conversation
+    ) -> None:
+        await client.say(LEAD)
+
+        turn = await client.send(
+            InboundKind.CALLBACK, callback_id="cb", callback_data="service:pedicure"
+        )
+
+        assert turn == DialogTurn()
+
+    async def test_the_follow_up_names_the_record_the_dialog_was_told_of(
+        self, client: Conversation
+    ) -> None:
+        lead = (await client.say(LEAD)).lead
+        assert lead is not None
+        assert client.last is not None
+
+        await client.engine.handed_off(client.last, "another-intake", "lead", 7, 3)
+        unknown = await client.say("алло")
+        await client.engine.handed_off(client.last, lead.intake_id, "deal", 42, 5)
+        known = await client.say("вы тут?")
+
+        assert unknown.follow_up is not None
+        assert (unknown.follow_up.record, unknown.follow_up.record_id) == (None, None)
+        assert known.follow_up is not None
+        follow_up = known.follow_up
+        assert (follow_up.record, follow_up.record_id, follow_up.contact_id) == (
+            "deal",
+            42,
+            5,
+        )
+
+    async def test_a_finished_dialog_is_kept_a_month_a_running_one_three_days(
         self, client: Conversation, redis: Redis, key_prefix: str
     ) -> None:
         key = f"{key_prefix}:telegram:{TG_CHAT}"
@@ -733,10 +844,84 @@ class TestAfterTheLead:
             <= timedelta(days=3)
         )
         assert (
-            timedelta(hours=12) - timedelta(seconds=5)
+            timedelta(days=30) - timedelta(seconds=5)
             < timedelta(milliseconds=finished)
-            <= timedelta(hours=12)
+            <= timedelta(days=30)
         )
+
+
+class TestStartingOver:
+    async def test_a_new_inquiry_knows_the_name_and_phone_and_asks_the_rest(
+        self, client: Conversation, clock: FakeClock
+    ) -> None:
+        old = (await client.say(LEAD)).lead
+        assert old is not None
+        clock.advance(days=2)
+        message = client.event(InboundKind.TEXT, text="хочу на педикюр")
+
+        turn = await client.engine.start_over(message)
+        clock.advance(minutes=1)
+        done = await client.say("в пятницу в 12")
+
+        pedicure = "Педикюр: от 2\u00a0000\u00a0₽."
+        assert turn.replies == [
+            Reply(f"{TEXTS.greeting_short} {pedicure} {TEXTS.ask_time}")
+        ]
+        assert turn.lead is None
+        assert turn.follow_up is None
+        lead = done.lead
+        assert lead is not None
+        assert lead.intake_id != old.intake_id
+        assert (lead.name, lead.phone, lead.service_id) == (
+            "Анна",
+            "+79990000001",
+            "pedicure",
+        )
+        assert [line.text for line in lead.transcript if line.author == "client"] == [
+            "хочу на педикюр",
+            "в пятницу в 12",
+        ]
+
+    async def test_the_senders_own_number_needs_no_second_telling(
+        self, whatsapp: Conversation
+    ) -> None:
+        old = (await whatsapp.say("Ольга, стрижка завтра в 15:00")).lead
+        assert old is not None
+        assert old.phone == "+79990000001"
+        message = whatsapp.event(InboundKind.TEXT, text="маникюр завтра в 16")
+
+        turn = await whatsapp.engine.start_over(message)
+
+        assert turn.lead is not None
+        assert (turn.lead.name, turn.lead.phone, turn.lead.service_id) == (
+            "Ольга",
+            "+79990000001",
+            "manicure",
+        )
+        state = await whatsapp.state()
+        assert [stored.asked for stored in state.messages] == ["name", None]
+
+    async def test_a_replay_of_the_event_answers_the_new_dialogs_turn(
+        self, client: Conversation, qualifier: CountingQualifier
+    ) -> None:
+        await client.say(LEAD)
+        message = client.event(InboundKind.TEXT, text="хочу на педикюр")
+        turn = await client.engine.start_over(message)
+        calls = qualifier.calls
+
+        again = await client.engine.handle(message)
+
+        assert again == turn
+        assert qualifier.calls == calls
+
+    async def test_a_chat_never_seen_starts_from_the_greeting(
+        self, client: Conversation
+    ) -> None:
+        message = client.event(InboundKind.TEXT, text="Здравствуйте")
+
+        turn = await client.engine.start_over(message)
+
+        assert turn.replies == [Reply(TEXTS.greeting)]
 
 
 class TestReplay:
