@@ -11,13 +11,13 @@ PYTHON ?= $(shell for candidate in python3.13 python3.12 python3.11 python3; do 
 	$$candidate -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && \
 	{ echo $$candidate; break; }; done)
 
-.PHONY: run test fmt lint bench install redis
+.PHONY: run test fmt lint bench install redis chromium demo audit
 
 run: install
 	@scripts/ensure-redis || echo "Going on: leadloop run checks LEADLOOP_REDIS_URL itself."
 	$(BIN)/leadloop run
 
-test: install redis
+test: install redis chromium
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -32,6 +32,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Known vulnerabilities in the installed dependencies; needs PyPI's or OSV's
+# vulnerability service (exit 2 when neither answers, so it never passes unrun).
+audit: install
+	scripts/audit
+
 bench: install redis
 	$(BIN)/python -m bench.run
 
@@ -39,6 +44,14 @@ install: $(STAMP)
 
 redis:
 	@scripts/ensure-redis
+
+# The dashboard's browser test drives the system's Chromium (never a downloaded one).
+chromium:
+	@scripts/ensure-chromium
+
+# What `make run` shows, without waiting: exits 0 with a summary when it all worked.
+demo: install redis
+	$(BIN)/leadloop run --once
 
 $(BIN)/python:
 	@if [ -z "$(PYTHON)" ]; then \

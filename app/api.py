@@ -17,8 +17,12 @@ from starlette.exceptions import HTTPException
 
 from app.clients import Clients, open_clients, ping_redis
 from app.errors import ServiceError
+from app.logging import REQUEST_ID_HEADER, RequestIds, current_request_id
+from app.metrics import metrics_router
+from app.security import BodySizeLimit
 from app.settings import Settings, get_settings
 from connectors.bitrix24.probe import probe_server_time
+from kpi_engine.dashboard.endpoints import dashboard_router
 from kpi_engine.endpoints import kpi_router
 from webhooks.bitrix24 import bitrix24_router
 from webhooks.endpoints import telegram_router, whatsapp_router
@@ -114,6 +118,9 @@ async def render_error(request: Request, exc: Exception) -> JSONResponse:
         headers = exc.headers
     else:
         status, body = 500, ErrorBody(error="internal_error", detail="internal error")
+        # Rendered outside RequestIds (ServerErrorMiddleware): the id is added here.
+        request_id = current_request_id()
+        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -137,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
     for error_type in (ServiceError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(error_type, render_error)
     app.include_router(router)
@@ -144,4 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(whatsapp_router(settings))
     app.include_router(bitrix24_router(settings))
     app.include_router(kpi_router(settings))
+    app.include_router(dashboard_router(settings))
+    app.include_router(metrics_router(settings))
+    app.add_middleware(RequestIds)
     return app

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
@@ -17,9 +19,30 @@ import uvicorn
 from app.api import create_app
 from app.clients import open_clients
 from app.config import BusinessRules, ConfigError, load_rules
-from app.local import Listening, LocalRunError, local_settings, run_local
+from app.demo import (
+    DEFAULT_SEED,
+    DEFAULT_TIMEOUT_S,
+    Headline,
+    Summary,
+    demo_rules,
+    player,
+    quiet_hours_text,
+    summary_rows,
+)
+from app.jobs_cli import jobs
+from app.local import (
+    Listening,
+    LocalRunError,
+    listen,
+    local_settings,
+    rules_file,
+    run_local,
+    shown_path,
+)
 from app.logging import configure_logging
 from app.portal import NotConfigured
+from app.provision.commands import doctor_command, setup_command
+from app.security import UnsafeSettings
 from app.settings import Settings, get_settings
 from app.worker import build_worker
 from connectors.bitrix24.errors import Bitrix24Error
@@ -41,13 +64,34 @@ PORT = click.IntRange(1, 65535)
 T = TypeVar("T")
 
 
-@click.group(name="leadloop", context_settings={"help_option_names": ["-h", "--help"]})
+class _Leadloop(click.Group):
+    """The command group; settings production refuses become a plain error, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UnsafeSettings as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(
+    name="leadloop",
+    cls=_Leadloop,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 def main() -> None:
     """leadloop: messengers, AI and Bitrix24 for small service businesses.
 
     Settings come from LEADLOOP_* environment variables (or .env), business rules
     from the TOML file named by LEADLOOP_CONFIG.
     """
+
+
+main.add_command(setup_command)
+main.add_command(doctor_command)
+
+
+main.add_command(jobs)
 
 
 @main.command()
@@ -146,17 +190,62 @@ def sandbox(
 
 
 @main.command()
-def run() -> None:
-    """Run the sandbox, the API and a worker in one process, wired together.
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Seed, play the demo, print a summary and exit: 0 when everything "
+    "happened. Listens on free ports unless LEADLOOP_API_PORT or "
+    "LEADLOOP_SANDBOX_PORT is set.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    metavar="N",
+    default=DEFAULT_SEED,
+    show_default=True,
+    help="The month of history: the same seed, the same month.",
+)
+@click.option(
+    "--no-conversations",
+    is_flag=True,
+    help="Seed the month, play no conversations; quiet hours as in the rules.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the conversations, reminder and tap may take.",
+)
+def run(once: bool, seed: int, no_conversations: bool, timeout: float) -> None:
+    """Everything local: the sandbox, the API and a worker, wired together, with a
+    month of salon history and a few live conversations. Stop with Ctrl-C.
 
-    Without LEADLOOP_BITRIX24_WEBHOOK_URL the API and worker talk to the sandbox.
-    Needs a Redis server (LEADLOOP_REDIS_URL). Stop with Ctrl-C.
+    Without LEADLOOP_BITRIX24_WEBHOOK_URL the sandbox is the Bitrix24 portal; without
+    LEADLOOP_CONFIG the rules are deploy/leadloop.example.toml. While the demo plays,
+    quiet hours are off, so that its reminder goes out at any hour. Needs Redis
+    (LEADLOOP_REDIS_URL).
     """
     from sandbox.server import SandboxOptions
     from sandbox.server import create_app as create_sandbox_app
 
-    settings, application_token = local_settings(get_settings())
+    began = time.monotonic()
+    settings, rules_source = rules_file(get_settings())
     rules = _prepare(settings)
+    if not no_conversations:
+        rules_source += (
+            f"; quiet hours off for the demo (the rules say {quiet_hours_text(rules)})"
+        )
+        rules = demo_rules(rules)
+    sockets = None
+    if once:
+        # Bound before anything names the ports: whichever ones are free.
+        try:
+            settings, sockets = listen(settings, any_free=True)
+        except LocalRunError as exc:
+            raise click.ClickException(str(exc)) from None
+    settings, application_token = local_settings(settings)
     sandbox_app = create_sandbox_app(
         SandboxOptions(
             host=settings.sandbox_host,
@@ -165,24 +254,100 @@ def run() -> None:
             timezone=rules.timezone,
         )
     )
+    stop = asyncio.Event()
+    play = player(
+        settings,
+        rules,
+        seed=seed,
+        conversations=not no_conversations,
+        timeout_s=timeout,
+        clock=utc_now,
+        stop=stop if once else None,
+    )
+    shown: list[Summary] = []
+
+    def announce(listening: Listening) -> None:
+        _announce(listening, rules_source, shown, settings.config)
+
+    async def run_and_show(listening: Listening) -> Summary:
+        summary = await play(listening)
+        shown.append(summary)
+        return summary
+
     try:
-        asyncio.run(run_local(settings, rules, sandbox_app, on_ready=_announce))
+        summary = asyncio.run(
+            run_local(
+                settings,
+                rules,
+                sandbox_app,
+                on_ready=announce,
+                stop=stop,
+                sockets=sockets,
+                play=run_and_show,
+            )
+        )
     except LocalRunError as exc:
         raise click.ClickException(str(exc)) from None
+    if once:
+        _conclude(summary, rules_source, time.monotonic() - began)
 
 
-def _announce(listening: Listening) -> None:
-    lines = [
-        "\nleadloop is running:",
-        f"  Bitrix24 sandbox   {listening.sandbox}/",
-        f"  Bitrix24 webhook   {listening.webhook}",
-        f"  API                {listening.api}/",
-        f"  API docs           {listening.docs}",
-        f"  worker's Redis     {listening.redis}",
+def _announce(
+    listening: Listening,
+    rules_source: str,
+    shown: list[Summary],
+    config: Path | None,
+) -> None:
+    rows = [row for summary in shown for row in summary_rows(summary)]
+    rows += [
+        ("KPIs per manager", _kpi_command(summary.kpi, listening, config))
+        for summary in shown
+        if summary.kpi is not None
     ]
-    chats = (("Telegram", listening.telegram), ("WhatsApp", listening.whatsapp))
-    lines += [f"  {name} chat      POST {where}" for name, where in chats if where]
-    click.echo("\n".join([*lines, "Press Ctrl-C to stop.\n"]))
+    rows += [
+        ("rules", rules_source),
+        ("Bitrix24 sandbox", f"{listening.sandbox}/"),
+        ("Bitrix24 webhook", listening.webhook),
+        ("portal's events", listening.events),
+        ("API", f"{listening.api}/"),
+        ("API docs", listening.docs),
+        ("dashboard", listening.dashboard),
+        ("worker's Redis", listening.redis),
+    ]
+    chats = (
+        ("Telegram chat", listening.telegram),
+        ("WhatsApp chat", listening.whatsapp),
+    )
+    rows += [(name, f"POST {where}") for name, where in chats if where]
+    click.echo(
+        "\n".join(["\nleadloop is running:", *_rows(rows), "Press Ctrl-C to stop.\n"])
+    )
+
+
+def _conclude(summary: Summary | None, rules_source: str, seconds: float) -> None:
+    """`run --once`: the summary, and an error exit unless everything happened."""
+    if summary is None:
+        raise click.ClickException("leadloop run --once was interrupted")
+    rows = [("rules", rules_source), *summary_rows(summary)]
+    click.echo("\n".join([f"leadloop run --once: {seconds:.1f} s", *_rows(rows)]))
+    if summary.failure:
+        raise click.ClickException(summary.failure)
+    if not summary.complete:
+        raise click.ClickException("the demo did not complete")
+
+
+def _kpi_command(kpi: Headline, listening: Listening, config: Path | None) -> str:
+    """The `leadloop kpi` call, in another terminal, behind the KPI line."""
+    rules = f"LEADLOOP_CONFIG={shown_path(config)} " if config is not None else ""
+    command = shown_path(Path(sys.argv[0]).resolve())
+    return (
+        f"{rules}LEADLOOP_BITRIX24_WEBHOOK_URL={listening.webhook} {command} kpi "
+        f"--from {kpi.start} --to {kpi.end} --format md"
+    )
+
+
+def _rows(rows: list[tuple[str, str]]) -> list[str]:
+    return [f"  {label:<18} {text}" for label, text in rows]
 
 
 # --- KPIs -----------------------------------------------------------------------------

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 import tomllib
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -506,8 +506,16 @@ class Messages(_Section):
         ),
         min_length=1,
     )
-    after_done: str = Field(
-        default="Ваша заявка уже у администратора, он ответит в этом чате.",
+    # A client's message after the hand-off went to the manager; said once a burst.
+    forwarded: str = Field(
+        default="Передал ваше сообщение администратору, он ответит в этом чате.",
+        min_length=1,
+    )
+    forwarded_after_hours: str = Field(
+        default=(
+            "Передал ваше сообщение администратору. Сейчас мы закрыты, он ответит "
+            "{opens} в этом чате."
+        ),
         min_length=1,
     )
     # Once the lead is in the CRM: {when} is the manager's promise, honest about
@@ -538,6 +546,7 @@ MESSAGE_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "confirm": ("service", "time", "name"),
     "done_after_hours": ("opens",),
     "handoff_after_hours": ("opens",),
+    "forwarded_after_hours": ("opens",),
     "next_step": ("when",),
     "next_step_returning": ("when",),
 }
@@ -660,6 +669,17 @@ class ReportTexts(_Section):
     wait: Annotated[str, _template("hours", "minutes")] = "{hours} ч {minutes} мин"
     warnings_heading: Text = "Предупреждения о данных"
     no_warnings: Text = "Предупреждений нет: данные полные."
+    # The chart attached to the post (kpi_engine/chart.py).
+    chart_revenue: Annotated[str, Field(min_length=1), _template("month")] = (
+        "{month}: выручка с начала месяца и план"
+    )
+    chart_week: Text = "Неделя: лиды, визиты и неявки"
+    chart_no_plan: Text = "без плана"
+    chart_plan_met: Text = "План выполнен"
+    chart_money: Annotated[str, Field(min_length=1), _template("amount")] = "{amount} ₽"
+    chart_file: Annotated[str, Field(min_length=1), _template("week")] = (
+        "итоги-недели-{week}.png"
+    )
     warnings: WarningTexts = WarningTexts()
 
 
@@ -671,6 +691,182 @@ class ReportRules(_Section):
         default=["UA"], min_length=1
     )
     texts: ReportTexts = ReportTexts()
+
+
+# --- the dashboard -----------------------------------------------------------------
+
+_DashboardPeriod = Annotated[
+    str, Field(min_length=1), _template("start", "end", "timezone", "as_of")
+]
+_SlaText = Annotated[str, Field(min_length=1), _template("sla")]
+_BonusPartsText = Annotated[
+    str, Field(min_length=1), _template("base", "percent", "retention")
+]
+_ShareText = Annotated[str, Field(min_length=1), _template("share")]
+_CountText = Annotated[str, Field(min_length=1), _template("count")]
+
+
+class _Words(_Section):
+    """Words looked up by a code: a channel, a deal list, a stage role."""
+
+    def __getitem__(self, code: str) -> str:
+        if code not in type(self).model_fields:
+            raise KeyError(code)
+        return cast(str, getattr(self, code))
+
+    def get(self, code: str) -> str | None:
+        return self[code] if code in type(self).model_fields else None
+
+
+class DashboardChannels(_Words):
+    """The inquiry channels in the leads chart and the lists."""
+
+    telegram: Text = "Telegram"
+    whatsapp: Text = "WhatsApp"
+    phone: Text = "Телефон"
+    other: Text = "Другие"
+
+
+class DashboardLists(_Words):
+    """The heading of each deal list behind a number."""
+
+    leads: Text = "Лиды периода"
+    booked_leads: Text = "Лиды, которые записались"
+    confirmed_leads: Text = "Лиды, которые подтвердили запись"
+    visited_leads: Text = "Лиды, которые пришли"
+    unanswered: Text = "Лиды без ответа человека"
+    within_sla: Text = "Лиды с ответом в срок"
+    bookings_made: Text = "Записи, сделанные в периоде"
+    appointments: Text = "Визиты по записи в периоде"
+    confirmed: Text = "Визиты, подтверждённые до начала"
+    cancellations: Text = "Отменённые визиты"
+    visits: Text = "Состоявшиеся визиты"
+    no_shows: Text = "Неявки"
+    revenue: Text = "Чеки в выручке"
+    retained: Text = "Повторные визиты вернувшихся клиентов"
+    bonus: Text = "Сделки, от которых зависит бонус"
+    cohort: Text = "Визиты клиентов за 30 дней до периода"
+    cohort_retained: Text = "Визиты клиентов, вернувшихся в течение 30 дней"
+    calls: Text = "Исходящие звонки"
+
+
+class DashboardRoles(_Words):
+    """What a deal's stage role means, beside its stage id."""
+
+    new: Text = "новая"
+    booked: Text = "записан"
+    confirmed: Text = "подтвердил"
+    visited: Text = "пришёл"
+    no_show: Text = "не пришёл"
+    cancelled: Text = "отменил"
+    lost: Text = "потеряна"
+
+
+class DashboardEntities(_Words):
+    """What a CRM id in a list is."""
+
+    deal: Text = "сделка"
+    lead: Text = "лид"
+    contact: Text = "контакт"
+
+
+class DashboardTexts(_Section):
+    """The dashboard's own words; the metric names come from `[report.texts]`, so
+    the weekly post and the dashboard name each metric the same way."""
+
+    title: Text = "Показатели продаж"
+    period_heading: Text = "Период"
+    month: Text = "Месяц"
+    date_from: Text = "С"
+    date_to: Text = "По (не включая)"
+    show: Text = "Показать"
+    period_line: _DashboardPeriod = "{start} – {end}, {timezone}; данные на {as_of}"
+    managers_heading: Text = "Менеджеры: заявки, записи, визиты"
+    money_heading: Text = "Выручка, план и бонус"
+    leads_per_day: Text = "Лидов в день"
+    appointments: Text = "Визиты по записи"
+    calls_per_working_day: Text = "Звонков в рабочий день"
+    median: Text = "Первый ответ, медиана, мин"
+    p90: Text = "Первый ответ, p90, мин"
+    unanswered: Text = "Без ответа"
+    within_sla: _SlaText = "Ответ за {sla} мин"
+    retention_30d: Text = "Удержание 30 дней"
+    payout: Text = "Бонус на сегодня"
+    bonus_parts: _BonusPartsText = (
+        "оклад {base} + процент {percent} + за вернувшихся {retention}"
+    )
+    bonus_months_only: Text = "Бонус и план считаются за целый календарный месяц."
+    no_plan: Text = "нет плана"
+    not_final: Text = (
+        "Удержание ещё может измениться: период закончился меньше 30 дней назад."
+    )
+    charts_heading: Text = "Графики"
+    chart_leads: Text = "Лиды по дням и каналам"
+    chart_funnel: Text = "Воронка: от лида до визита"
+    chart_no_show: Text = "Доля неявок по неделям"
+    chart_first_response: Text = "Время первого ответа, рабочие минуты"
+    funnel_leads: Text = "Лиды"
+    funnel_booked: Text = "Записались"
+    funnel_confirmed: Text = "Подтвердили"
+    funnel_visited: Text = "Пришли"
+    of_leads: _ShareText = "{share} от лидов"
+    no_data: Text = "Нет данных за период"
+    warnings_heading: Text = "Предупреждения о данных"
+    channels: DashboardChannels = DashboardChannels()
+    # The first-response chart's bars: up to 5, 15, 60 and 240 minutes, more,
+    # and no answer.
+    wait_bins: Annotated[tuple[Text, ...], Field(min_length=6, max_length=6)] = (
+        "до 5 мин",
+        "5–15 мин",
+        "15–60 мин",
+        "1–4 ч",
+        "больше 4 ч",
+        "без ответа",
+    )
+    # The deal lists behind a number.
+    back: Text = "← К показателям"
+    rows_count: _CountText = "Строк: {count}"
+    everyone: Text = "все менеджеры"
+    column_id: Text = "ID"
+    column_title: Text = "Название"
+    column_stage: Text = "Стадия сейчас"
+    column_manager: Text = "Менеджер"
+    column_amount: Text = "Сумма"
+    column_created: Text = "Создана"
+    column_visit: Text = "Визит"
+    column_channel: Text = "Канал"
+    column_wait: Text = "Первый ответ, мин"
+    column_started: Text = "Начало"
+    column_bound: Text = "Привязан к"
+    lists: DashboardLists = DashboardLists()
+    roles: DashboardRoles = DashboardRoles()
+    entities: DashboardEntities = DashboardEntities()
+    # When a page cannot be shown.
+    problem: Text = "Не удалось показать показатели"
+    invalid_period: Text = (
+        "Неверный период: конец должен быть позже начала, месяц — вида 2026-11."
+    )
+    period_too_long: Text = "Панель показывает не больше 366 дней за раз."
+    unknown_metric: Text = "За этим числом нет списка сделок."
+    portal_missing: Text = (
+        "Bitrix24 не подключён: задайте LEADLOOP_BITRIX24_WEBHOOK_URL."
+    )
+    portal_failed: DetailText = (
+        "Bitrix24 не ответил ({detail}). Попробуйте ещё раз позже."
+    )
+    # Signing in, production only.
+    login_title: Text = "Вход в панель"
+    login_hint: Text = "Введите токен администратора (LEADLOOP_ADMIN_TOKEN)."
+    login_field: Text = "Токен"
+    login_submit: Text = "Войти"
+    login_failed: Text = "Токен не подошёл."
+    logout: Text = "Выйти"
+
+
+class DashboardRules(_Section):
+    """`GET /dashboard`: what a manager reads there."""
+
+    texts: DashboardTexts = DashboardTexts()
 
 
 # --- reminders ---------------------------------------------------------------------
@@ -866,6 +1062,14 @@ class IntakeRules(_Section):
     # notifies a task's responsible when another user sets it); one more portal
     # request a lead.
     notify: bool = Field(default=False, strict=True)
+    # After the hand-off the bot answers a client's messages once per burst: the
+    # first message after this many quiet minutes (0: every message); the manager
+    # gets every message on the deal either way.
+    followup_reply_every_minutes: int = Field(default=10, ge=0, le=1440, strict=True)
+
+    @property
+    def followup_reply_every(self) -> timedelta:
+        return timedelta(minutes=self.followup_reply_every_minutes)
 
     def manager_ids(self, bonus: BonusRules) -> list[int]:
         """The managers taking new clients, in id order."""
@@ -885,6 +1089,7 @@ class BusinessRules(_Section):
     services: Services = DEFAULT_SERVICES
     messages: Messages = Messages()
     report: ReportRules = ReportRules()
+    dashboard: DashboardRules = DashboardRules()
     reminders: ReminderRules = ReminderRules()
     intake: IntakeRules = IntakeRules()
 

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.security import ensure_production_ready
+
 Environment = Literal["development", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -38,6 +40,12 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = Field(default=8801, ge=1, le=65535)
+    # Larger request bodies are refused with 413; Telegram updates and WhatsApp
+    # batches are a few KiB.
+    max_request_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The worker's Prometheus endpoint (no token): off unless a port is set.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     # Bitrix24: the inbound webhook URL embeds its token, so it is a secret
     bitrix24_webhook_url: SecretStr | None = None
@@ -70,6 +78,10 @@ class Settings(BaseSettings):
     # Admin API
     admin_token: SecretStr | None = None
 
+    # Where the internet reaches the API (https://leadloop.example.ru): `leadloop
+    # setup` registers the Telegram webhook and Bitrix24 event handlers under it.
+    public_url: str | None = None
+
     @field_validator("bitrix24_webhook_url")
     @classmethod
     def _webhook_url_ends_with_slash(cls, url: SecretStr | None) -> SecretStr | None:
@@ -96,5 +108,10 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once; tests build `Settings(...)` directly."""
-    return Settings()
+    """The process-wide settings, read once; tests build `Settings(...)` directly.
+
+    Production refuses to start here on missing, weak or example secrets.
+    """
+    settings = Settings()
+    ensure_production_ready(settings)
+    return settings

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from app import cli
 from app.config import BusinessRules
 from app.local import Listening, LocalRunError, local_settings, run_local
+from app.settings import get_settings
 from tests.app.conftest import DEAD_URL_PORT, MakeSettings
 
 
@@ -99,6 +100,26 @@ class TestHelp:
         assert result.output.startswith("Usage: leadloop")
         for mention in mentions:
             assert mention in result.output
+
+
+class TestUnsafeProductionSettings:
+    def test_a_command_in_production_without_secrets_says_why_and_exits_1(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("LEADLOOP_ENV", "production")
+        monkeypatch.delenv("LEADLOOP_ADMIN_TOKEN", raising=False)
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(
+                cli.main, ["kpi", "--from", "2026-11-01", "--to", "2026-12-01"]
+            )
+        finally:
+            get_settings.cache_clear()
+
+        assert result.exit_code == 1
+        assert "Traceback" not in result.output
+        assert result.output.startswith("Error: refusing to start in production")
+        assert "LEADLOOP_ADMIN_TOKEN" in result.output
 
 
 class TestServe:
