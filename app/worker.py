@@ -11,13 +11,16 @@ from typing import Any
 import structlog
 from arq.connections import RedisSettings
 from arq.cron import CronJob, cron
-from arq.worker import Worker, create_worker
+from arq.worker import Worker, get_kwargs
 
 from app.clients import open_clients
 from app.config import BusinessRules
+from app.failed_jobs import ObservedWorker
+from app.metrics import serve_worker_metrics
 from app.settings import Settings, get_settings
 from kpi_engine.tasks import WEEKLY_REPORT
 from qualification.handler import hand_off_job, open_intake
+from qualification.pending import follow_up_job
 from reminders import jobs as reminder_jobs
 from webhooks.jobs import process_chat_job, sweep_inboxes
 
@@ -37,6 +40,7 @@ async def startup(ctx: JobContext) -> None:
         ctx["settings"] = get_settings()
     settings: Settings = ctx["settings"]
     ctx["clients"] = open_clients(settings.redis_url)
+    ctx["metrics_server"] = serve_worker_metrics(settings)
     if "inbound_handler" not in ctx:
         # The intake chain; a test may bring a handler of its own instead.
         ctx["intake"] = open_intake(ctx)
@@ -50,6 +54,9 @@ async def shutdown(ctx: JobContext) -> None:
     clients = ctx.pop("clients", None)
     if clients is not None:
         await clients.aclose()
+    metrics_server = ctx.pop("metrics_server", None)
+    if metrics_server is not None:
+        metrics_server.close()
     log.info("worker.stopped")
 
 
@@ -70,6 +77,7 @@ class WorkerSettings:
         process_chat_job(),
         sweep_inboxes,
         hand_off_job(),
+        follow_up_job(),
         *reminder_jobs.functions(),
     )
     # The reminders' reconcile line follows the rules: build_worker adds it.
@@ -88,7 +96,8 @@ class WorkerSettings:
 
 
 def build_worker(settings: Settings, rules: BusinessRules, **overrides: Any) -> Worker:
-    """A worker on `settings.redis_url` whose cron runs in the business time zone."""
+    """A worker on `settings.redis_url` whose cron runs in the business time zone,
+    recording failed jobs (app/failed_jobs.py)."""
     options: dict[str, Any] = {
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         # Never the container's zone: cron lines are written in business time.
@@ -98,4 +107,4 @@ def build_worker(settings: Settings, rules: BusinessRules, **overrides: Any) -> 
         "cron_jobs": (*WorkerSettings.cron_jobs, reminder_jobs.reconcile_cron(rules)),
         **overrides,
     }
-    return create_worker(dict(vars(WorkerSettings)), **options)
+    return ObservedWorker(**{**get_kwargs(dict(vars(WorkerSettings))), **options})

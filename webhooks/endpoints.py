@@ -23,6 +23,8 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from app.errors import ServiceError
+from app.metrics import WebhookTally
 from app.settings import Settings
 from webhooks import telegram, whatsapp
 from webhooks.body import decode_json, read_json_body
@@ -73,16 +75,21 @@ def telegram_router(settings: Settings) -> APIRouter:
     """`POST /webhooks/telegram`, guarded by the setWebhook secret token."""
     router = APIRouter(tags=["webhooks"])
     secret = TelegramSecretToken(settings.telegram_webhook_secret)
+    tally = WebhookTally.of("telegram")
 
     async def telegram_update(request: Request) -> Response:
-        secret.verify(request)
-        update = decode_json(await read_json_body(request))
         try:
+            secret.verify(request)
+            update = decode_json(await read_json_body(request))
             parsed = telegram.parse(update, now=datetime.now(UTC))
         except MalformedPayload as exc:
+            tally.rejected.inc()
             raise MalformedBody(str(exc)) from None
+        except ServiceError:
+            tally.rejected.inc()
+            raise
 
-        await _accept(await _inbox(request), parsed)
+        await _accept(await _inbox(request), parsed, tally)
         return _telegram_answer(parsed)
 
     router.add_route(TELEGRAM_PATH, telegram_update, methods=["POST"])
@@ -94,6 +101,7 @@ def whatsapp_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["webhooks"])
     handshake = Depends(WhatsAppVerifyToken(settings.whatsapp_verify_token))
     signed_body = WhatsAppSignedBody(settings.whatsapp_app_secret)
+    tally = WebhookTally.of("whatsapp")
 
     # Meta calls this once per subscription: a path operation, documented.
     @router.get(WHATSAPP_PATH, dependencies=[handshake])
@@ -104,21 +112,25 @@ def whatsapp_router(settings: Settings) -> APIRouter:
         return PlainTextResponse(challenge)
 
     async def whatsapp_notification(request: Request) -> Response:
-        raw = await signed_body.read(request)
         try:
+            raw = await signed_body.read(request)
             parsed = whatsapp.parse(decode_json(raw))
         except MalformedPayload as exc:
+            tally.rejected.inc()
             raise MalformedBody(str(exc)) from None
+        except ServiceError:
+            tally.rejected.inc()
+            raise
 
-        await _accept(await _inbox(request), parsed)
+        await _accept(await _inbox(request), parsed, tally)
         return _ok()
 
     router.add_route(WHATSAPP_PATH, whatsapp_notification, methods=["POST"])
     return router
 
 
-async def _accept(inbox: Inbox, parsed: Parsed) -> None:
-    _log_unsupported(parsed)
+async def _accept(inbox: Inbox, parsed: Parsed, tally: WebhookTally) -> None:
+    _log_unsupported(parsed, tally)
     # In arrival order: events of one chat enter its inbox in the order sent.
     for message in parsed.messages:
         # The ids as arguments, not bound context variables: binding and unbinding
@@ -132,13 +144,20 @@ async def _accept(inbox: Inbox, parsed: Parsed) -> None:
         try:
             fresh = await inbox.accept(message)
         except InboxUnavailable:
+            tally.unavailable.inc()
             log.exception("webhooks.not_accepted", **ids)
             raise NotAccepted("the event was not stored; send it again") from None
-        log.info("webhooks.accepted" if fresh else "webhooks.duplicate", **ids)
+        if fresh:
+            tally.accepted.inc()
+            log.info("webhooks.accepted", **ids)
+        else:
+            tally.duplicate.inc()
+            log.info("webhooks.duplicate", **ids)
 
 
-def _log_unsupported(parsed: Parsed) -> None:
+def _log_unsupported(parsed: Parsed, tally: WebhookTally) -> None:
     for event in parsed.unsupported:
+        tally.unsupported.inc()
         unsupported_log.info(
             "webhooks.unsupported",
             channel=event.channel,

@@ -4,7 +4,8 @@ Every accepted event queues a `process_chat` job for its chat. The first job tak
 chat's lock (its value is the job id) and handles the inbox head by head; the others
 find the lock taken and leave, since the holder will reach their events. An event
 leaves the inbox only after its handler returned, so a worker killed mid-event leaves
-it at the head, and arq's retry of the same job id takes the lock back (case Q-2).
+it at the head, and arq's retry of the same job id takes the lock back (case Q-2);
+sooner, once the lock's lease lapses, the sweep queues a fresh job for the chat.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class DrainPolicy:
     # Tries of one event (a crash mid-event counts) before it is set aside.
     max_attempts: int = 3
     retry_delays: tuple[timedelta, ...] = (timedelta(seconds=5), timedelta(seconds=30))
+    # How long the chat lock outlives a handler call; after a crash the chat waits
+    # this long past the handler's timeout for the sweep (case Q-2).
+    lease_margin: timedelta = timedelta(seconds=30)
 
     def __post_init__(self) -> None:
         if not self.retry_delays or self.max_attempts < 1:
@@ -94,7 +98,7 @@ class DrainPolicy:
     @property
     def lease(self) -> timedelta:
         """The chat lock outlives one handler call, renewed before each event."""
-        return self.handler_timeout + timedelta(seconds=30)
+        return self.handler_timeout + self.lease_margin
 
     @property
     def job_timeout(self) -> timedelta:
@@ -314,7 +318,10 @@ async def sweep_inboxes(ctx: JobContext) -> int:
 
     Closes the one gap the lock leaves: a job that arq gave up on (max tries, its
     timeout) holds no lock once the lease lapses, and its chat waits for the next
-    message. Meant to run from cron every minute.
+    message. It also recovers a chat whose worker died: arq runs that job again
+    only once its in-progress mark lapses (the worker's longest job timeout plus
+    10 s, about ten minutes beside the weekly report), the lease lapses sooner.
+    Meant to run from cron every minute.
     """
     redis: ArqRedis = ctx["redis"]
     keys: InboxKeys = ctx.get("inbound_keys") or InboxKeys()
