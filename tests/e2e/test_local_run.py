@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -50,6 +50,10 @@ from sandbox.server import create_app as create_sandbox_app
 from tests.e2e.conftest import REDIS_URL
 from tests.sandbox.conftest import free_port
 from webhooks.keys import chat_key
+
+# Where `leadloop run` processes keep their state when no redis-server can be
+# started: a database of their own, since their workers read the default queue.
+RUNS_REDIS_URL = "redis://127.0.0.1:6379/13"
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
@@ -334,12 +338,14 @@ def own_redis() -> Iterator[str]:
 
     Every worker on one database takes jobs from the same queue: a `leadloop run`
     of a test process running beside this one would take this one's jobs. Without
-    redis-server, the tests' database serves, and what the runs left is deleted.
+    redis-server, a database no other test uses serves, emptied before and after
+    (never the tests' shared database: deleting what appeared there while a run
+    lasted took other test processes' arq jobs with it).
     """
     binary = shutil.which("redis-server")
     if binary is None:
-        with removing_leftovers():
-            yield REDIS_URL
+        with emptied(RUNS_REDIS_URL):
+            yield RUNS_REDIS_URL
         return
     port = free_port()
     arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", ""]
@@ -374,21 +380,14 @@ def wait_for_redis(url: str, timeout_s: float = 10) -> None:
 
 
 @contextlib.contextmanager
-def removing_leftovers() -> Iterator[None]:
-    """Afterwards, the keys and queued jobs the runs left in the tests' database
-    are deleted (the suite runs one test at a time)."""
-    client = redis.Redis.from_url(REDIS_URL)
-    before = _keys(client)
-    queued = _queued(client)
+def emptied(url: str) -> Iterator[None]:
+    """The database at `url` is emptied before and after: it belongs to these runs."""
+    client = redis.Redis.from_url(url)
+    client.flushdb()
     try:
         yield
     finally:
-        doomed = _keys(client) - before - {b"arq:queue"}
-        if doomed:
-            client.delete(*doomed)
-        added = _queued(client) - queued
-        if added:
-            client.zrem("arq:queue", *added)
+        client.flushdb()
         client.close()
 
 
@@ -402,14 +401,6 @@ def demo_run(
         yield leadloop(
             "run", "--once", cwd=tmp_path_factory.mktemp("once"), redis_url=own_redis
         )
-
-
-def _keys(client: redis.Redis) -> set[bytes]:
-    return set(client.scan_iter(match="leadloop:*")) | set(client.scan_iter("arq:*"))
-
-
-def _queued(client: redis.Redis) -> set[bytes]:
-    return set(cast(list[bytes], client.zrange("arq:queue", 0, -1)))
 
 
 class TestLeadloopRunOnce:
