@@ -143,6 +143,11 @@ def _stage_id(value: Any) -> str:
 def _field_code(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*", value):
         raise ValueError(f"{value!r} is not a field code like UF_CRM_VISIT_AT")
+    # Bitrix24 refuses user-field codes over 20 characters, UF_CRM_ included.
+    if value.startswith("UF_") and len(value) > 20:
+        raise ValueError(
+            f"{value!r} is longer than the 20 characters Bitrix24 allows a user field"
+        )
     return value
 
 

@@ -293,7 +293,7 @@ async def _fields(rules: BusinessRules, admin: PortalAdmin) -> Check:
             name,
             Health.WARNING,
             "; ".join(warnings),
-            'set [crm] visit_field = "UF_CRM_LEADLOOP_VISIT_AT" and run setup',
+            'set [crm] visit_field = "UF_CRM_LL_VISIT_AT" and run setup',
         )
     return Check(
         name, Health.OK, "the visit field, qualification fields and sources exist"

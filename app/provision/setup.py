@@ -410,7 +410,7 @@ async def _fields(target: SetupTarget) -> list[Planned]:
                 "visit time",
                 Status.LEFT_ALONE,
                 "[crm] visit_field is not set, so reminders have no visit time: set "
-                'it to "UF_CRM_LEADLOOP_VISIT_AT" and run setup again',
+                'it to "UF_CRM_LL_VISIT_AT" and run setup again',
             )
         )
     else:

@@ -419,7 +419,9 @@ _DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "iblock_element": {"IBLOCK_TYPE_ID": "", "IBLOCK_ID": 0, "DISPLAY": "LIST"},
 }
 _FIELD_NAME = re.compile(r"^[A-Z0-9_]+$")
-_FIELD_NAME_MAX = 50
+# "The system limit on a field's name is 20 characters", UF_CRM_ included
+# (crm.deal.userfield.add, Bitrix24 REST documentation).
+_FIELD_NAME_MAX = 20
 
 
 def _userfield_rows(portal: Portal, entity_id: str) -> list[dict[str, Any]]:
@@ -489,7 +491,9 @@ def _userfield_name(raw: Any) -> str:
     if not name.startswith("UF_CRM_"):
         name = "UF_CRM_" + name
     if len(name) > _FIELD_NAME_MAX:
-        raise protocol.legacy_error("Field name is too long (more than 50 characters).")
+        raise protocol.legacy_error(
+            f"Field name is too long (more than {_FIELD_NAME_MAX} characters)."
+        )
     if not _FIELD_NAME.match(name):
         raise protocol.legacy_error(
             "Field name contains invalid characters. "

@@ -37,7 +37,7 @@ SALON_RULES = """
 [crm]
 mode = "classic"
 pipelines = [0]
-visit_field = "UF_CRM_LEADLOOP_VISIT_AT"
+visit_field = "UF_CRM_LL_VISIT_AT"
 
 [crm.stages]
 new = ["NEW"]
@@ -47,8 +47,8 @@ visited = ["WON"]
 lost = ["LOSE"]
 
 [intake.fields]
-readiness = "UF_CRM_LEADLOOP_READINESS"
-summary = "UF_CRM_LEADLOOP_SUMMARY"
+readiness = "UF_CRM_LL_READINESS"
+summary = "UF_CRM_LL_SUMMARY"
 """
 
 

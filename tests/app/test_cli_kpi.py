@@ -21,7 +21,7 @@ RULES = """
 [crm]
 mode = "simple"
 pipelines = [0]
-visit_field = "UF_CRM_LEADLOOP_VISIT_AT"
+visit_field = "UF_CRM_LL_VISIT_AT"
 
 [crm.stages]
 booked = ["PREPARATION"]

@@ -72,7 +72,7 @@ class TestExampleFile:
     def test_loads(self) -> None:
         rules = load_rules(EXAMPLE)
 
-        assert rules.crm.visit_field == "UF_CRM_LEADLOOP_VISIT_AT"
+        assert rules.crm.visit_field == "UF_CRM_LL_VISIT_AT"
         assert rules.crm.stages.role_of("PREPARATION") == "booked"
         assert rules.crm.stages.role_of("C7:UNKNOWN") is None
         assert rules.kpi.non_human_users == ["45"]
@@ -144,6 +144,10 @@ class TestInvalidRules:
                 "crm.pipelines[0]: input should be a valid int",
             ),
             ("[crm]\nvisit_field = 'uf visit'", "crm.visit_field: 'uf visit' is not a"),
+            (
+                "[crm]\nvisit_field = 'UF_CRM_LEADLOOP_VISIT_AT'",
+                "crm.visit_field: 'UF_CRM_LEADLOOP_VISIT_AT' is longer than the 20",
+            ),
             (
                 "[crm.stages]\nbooked = ['']",
                 "crm.stages.booked[0]: must be a non-empty",

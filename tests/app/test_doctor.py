@@ -202,8 +202,8 @@ class TestDoctorOnTheBitrix24Portal:
 
         fields = check(diagnosis, "bitrix24.fields")
         assert fields.health is Health.PROBLEM
-        assert "UF_CRM_LEADLOOP_VISIT_AT does not exist on deals" in fields.summary
-        assert "UF_CRM_LEADLOOP_SUMMARY ([intake.fields].summary)" in fields.summary
+        assert "UF_CRM_LL_VISIT_AT does not exist on deals" in fields.summary
+        assert "UF_CRM_LL_SUMMARY ([intake.fields].summary)" in fields.summary
         assert "run `leadloop setup`" in fields.fix
 
     async def test_without_the_application_token_events_would_be_refused(

@@ -30,7 +30,7 @@ from tests.sandbox.conftest import RunningSandbox
 
 __all__ = ["oauth_app", "portal", "portal_server", "upstreams"]  # fixtures
 
-VISIT_FIELD = "UF_CRM_LEADLOOP_VISIT_AT"
+VISIT_FIELD = "UF_CRM_LL_VISIT_AT"
 DEAL_EVENTS = [
     "ONCRMDEALADD",
     "ONCRMDEALUPDATE",
@@ -42,7 +42,7 @@ OWN_PIPELINE = """
 [crm]
 mode = "classic"
 pipelines = [1]
-visit_field = "UF_CRM_LEADLOOP_VISIT_AT"
+visit_field = "UF_CRM_LL_VISIT_AT"
 
 [crm.stages]
 new = ["C1:NEW"]
@@ -85,7 +85,7 @@ class TestSetupThroughAnInboundWebhook:
         assert not report.failed
         done = statuses(report)
         assert done[VISIT_FIELD] is Status.DONE
-        assert done["UF_CRM_LEADLOOP_READINESS"] is Status.DONE
+        assert done["UF_CRM_LL_READINESS"] is Status.DONE
         assert done["Telegram webhook"] is Status.DONE
         visit = user_fields(portal, "deal")[VISIT_FIELD]
         assert (visit["USER_TYPE_ID"], visit["EDIT_FORM_LABEL"]) == (
@@ -94,8 +94,8 @@ class TestSetupThroughAnInboundWebhook:
         )
         # The sandbox starts in classic mode: the intake writes leads.
         lead_fields = user_fields(portal, "lead")
-        assert lead_fields["UF_CRM_LEADLOOP_SUMMARY"]["USER_TYPE_ID"] == "string"
-        assert "UF_CRM_LEADLOOP_SUMMARY" not in user_fields(portal, "deal")
+        assert lead_fields["UF_CRM_LL_SUMMARY"]["USER_TYPE_ID"] == "string"
+        assert "UF_CRM_LL_SUMMARY" not in user_fields(portal, "deal")
         sources = directory(portal, "SOURCE")
         assert sources["TELEGRAM"]["NAME"] == "Telegram"
         assert sources["WHATSAPP"]["NAME"] == "WhatsApp"
@@ -199,7 +199,7 @@ class TestSetupThroughAnInboundWebhook:
     ) -> None:
         portal.result(
             "crm.deal.userfield.add",
-            {"fields": {"FIELD_NAME": "LEADLOOP_VISIT_AT", "USER_TYPE_ID": "string"}},
+            {"fields": {"FIELD_NAME": "LL_VISIT_AT", "USER_TYPE_ID": "string"}},
         )
 
         report = await run_setup(
@@ -234,7 +234,7 @@ class TestSetupThroughAnInboundWebhook:
         assert visit.status is Status.FAILED
         assert "may not call crm.deal.userfield.add" in visit.detail
         assert "tick the scopes" in visit.detail
-        assert statuses(report)["UF_CRM_LEADLOOP_SUMMARY"] is Status.DONE
+        assert statuses(report)["UF_CRM_LL_SUMMARY"] is Status.DONE
 
 
 class TestSetupOfPipelines:

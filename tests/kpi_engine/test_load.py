@@ -26,7 +26,7 @@ from sandbox.server import SandboxOptions
 from tests.sandbox.conftest import RunningSandbox, free_port, running_sandbox
 
 MSK = ZoneInfo("Europe/Moscow")
-VISIT_FIELD = "UF_CRM_LEADLOOP_VISIT_AT"
+VISIT_FIELD = "UF_CRM_LL_VISIT_AT"
 RULES = f"""
 [crm]
 pipelines = [0]

@@ -312,6 +312,21 @@ class TestDealUserfields:
         assert response.json()["error"] == ""
         assert "UF_CRM_SCORE" in response.json()["error_description"]
 
+    def test_a_name_over_20_characters_with_its_prefix_is_refused(
+        self, sandbox: RunningSandbox
+    ) -> None:
+        fields = {"FIELD_NAME": "LEADLOOP_VISIT_AT", "USER_TYPE_ID": "datetime"}
+
+        response = sandbox.call("crm.deal.userfield.add", {"fields": fields})
+        longest = sandbox.result(
+            "crm.deal.userfield.add",
+            {"fields": {"FIELD_NAME": "ABCDEFGHIJKLM", "USER_TYPE_ID": "string"}},
+        )
+
+        assert response.status_code == 400
+        assert "more than 20 characters" in response.json()["error_description"]
+        assert isinstance(longest, int)
+
     def test_labels_appear_only_with_lang(self, sandbox: RunningSandbox) -> None:
         sandbox.result(
             "crm.deal.userfield.add",

@@ -28,7 +28,7 @@ from tests.support import REDIS_URL
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "leadloop.example.toml"
 MSK = ZoneInfo("Europe/Moscow")
 NOW = datetime(2026, 12, 4, 13, 30, tzinfo=MSK)
-VISIT_FIELD = "UF_CRM_LEADLOOP_VISIT_AT"
+VISIT_FIELD = "UF_CRM_LL_VISIT_AT"
 CALL, PROVIDER = "2", "6"
 INCOMING, OUTGOING = "1", "2"
 

@@ -71,24 +71,22 @@ class TestPortalAdmin:
         self, admin: PortalAdmin, wire: Wire
     ) -> None:
         await admin.add_user_field(
-            "deal", "UF_CRM_LEADLOOP_VISIT_AT", "datetime", "Время визита"
+            "deal", "UF_CRM_LL_VISIT_AT", "datetime", "Время визита"
         )
 
         fields = await admin.user_fields("deal")
         sent = wire.bodies("crm.deal.userfield.add")[0]["fields"]
         assert (sent["FIELD_NAME"], sent["LABEL"]) == (
-            "LEADLOOP_VISIT_AT",
+            "LL_VISIT_AT",
             "Время визита",
         )
-        assert fields["UF_CRM_LEADLOOP_VISIT_AT"].user_type == "datetime"
+        assert fields["UF_CRM_LL_VISIT_AT"].user_type == "datetime"
 
     async def test_the_same_field_twice_is_refused(self, admin: PortalAdmin) -> None:
-        await admin.add_user_field("lead", "UF_CRM_LEADLOOP_SUMMARY", "string", "Итог")
+        await admin.add_user_field("lead", "UF_CRM_LL_SUMMARY", "string", "Итог")
 
         with pytest.raises(Rejected):
-            await admin.add_user_field(
-                "lead", "UF_CRM_LEADLOOP_SUMMARY", "string", "Итог"
-            )
+            await admin.add_user_field("lead", "UF_CRM_LL_SUMMARY", "string", "Итог")
 
     async def test_bindings_list_what_was_bound(self, admin: PortalAdmin) -> None:
         # Unlike a portal, the sandbox lets a webhook bind (a portal answers
