@@ -304,14 +304,20 @@ def _announce(
         for summary in shown
         if summary.kpi is not None
     ]
+    # The dashboard opens on the calendar month; the link shows the seeded period.
+    dashboards = [
+        f"{listening.dashboard}?from={summary.kpi.start}&to={summary.kpi.end}"
+        for summary in shown
+        if summary.kpi is not None
+    ]
     rows += [
         ("rules", rules_source),
         ("Bitrix24 sandbox", f"{listening.sandbox}/"),
         ("Bitrix24 webhook", listening.webhook),
         ("portal's events", listening.events),
-        ("API", f"{listening.api}/"),
+        ("API", f"{listening.api}/healthz"),
         ("API docs", listening.docs),
-        ("dashboard", listening.dashboard),
+        ("dashboard", dashboards[0] if dashboards else listening.dashboard),
         ("worker's Redis", listening.redis),
     ]
     chats = (

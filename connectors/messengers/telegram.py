@@ -86,7 +86,7 @@ class TelegramSender:
         message = await self.call("sendMessage", params)
 
         message_id = _message_id(message)
-        log.info("telegram.sent", chat_id=chat_id, message_id=message_id)
+        log.info("telegram.sent", message_id=message_id)
         return SentMessage(str(message_id))
 
     async def answer_callback(self, callback_id: str, text: str | None = None) -> bool:
@@ -112,7 +112,7 @@ class TelegramSender:
         except Rejected as error:
             if NOT_MODIFIED not in error.description:
                 raise
-        log.info("telegram.buttons_removed", chat_id=chat_id, message_id=message_id)
+        log.info("telegram.buttons_removed", message_id=message_id)
 
     async def set_webhook(
         self,

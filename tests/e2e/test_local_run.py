@@ -499,7 +499,13 @@ class TestLeadloopRunUntilCtrlC:
         assert announced, err.read_text()[-3000:]
         assert code == 0
         banner = out.read_text()
-        assert f"dashboard          http://127.0.0.1:{api}/dashboard" in banner
+        # The link opens the dashboard on the period the KPI line summed up.
+        assert re.search(
+            rf"dashboard +http://127\.0\.0\.1:{api}/dashboard"
+            r"\?from=\d{4}-\d\d-\d\d&to=\d{4}-\d\d-\d\d\n",
+            banner,
+        ), banner
+        assert f"API                http://127.0.0.1:{api}/healthz" in banner
         assert (
             f"Bitrix24 webhook   http://127.0.0.1:{sandbox}/rest/1/sandbox/" in banner
         )

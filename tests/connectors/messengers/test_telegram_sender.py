@@ -153,6 +153,20 @@ class TestSendText:
         ]
 
 
+class TestLogLines:
+    async def test_sending_and_removing_buttons_log_no_chat_id(
+        self, sender: TelegramSender
+    ) -> None:
+        with capture_logs() as logs:
+            sent = await sender.send_text(CHAT, "Придёте?", buttons=[Button("Да", "c")])
+            await sender.remove_buttons(CHAT, sent.provider_message_id)
+
+        events = [line["event"] for line in logs]
+        assert events == ["telegram.sent", "telegram.buttons_removed"]
+        # A private chat's id is the person's Telegram id: personal data.
+        assert not any(CHAT in str(value) for line in logs for value in line.values())
+
+
 class TestAnswerCallback:
     async def test_a_fresh_callback_is_answered(
         self, sender: TelegramSender, tg: RunningSandbox, wire: Wire
