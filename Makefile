@@ -11,7 +11,7 @@ PYTHON ?= $(shell for candidate in python3.13 python3.12 python3.11 python3; do 
 	$$candidate -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && \
 	{ echo $$candidate; break; }; done)
 
-.PHONY: run test fmt lint bench install redis chromium demo audit
+.PHONY: run test fmt lint bench install redis chromium demo audit chaos
 
 run: install
 	@scripts/ensure-redis || echo "Going on: leadloop run checks LEADLOOP_REDIS_URL itself."
@@ -36,6 +36,12 @@ lint: install
 # vulnerability service (exit 2 when neither answers, so it never passes unrun).
 audit: install
 	scripts/audit
+
+# Load and faults (docs/benchmarks.md): its own Redis (needs redis-server), sandbox, API
+# and two workers; exits 1 if a lead is lost or duplicated. Short run:
+# make chaos CHAOS="--rate 20 --seconds 10"
+chaos: install
+	$(BIN)/python -m bench.chaos $(CHAOS)
 
 bench: install redis
 	$(BIN)/python -m bench.run
