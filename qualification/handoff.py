@@ -198,6 +198,8 @@ class HandOff:
         # A lock of its own, taken before the gateway's contact lock, never inside.
         self._person_locks = ContactLocks(redis, prefix=f"{prefix}:lock:person")
         self._mode: CrmMode | None = None
+        # Concurrent hand-offs wait for the first answer instead of each asking.
+        self._mode_lock = asyncio.Lock()
         self._integration_user: int | None = None
 
     async def hand_off(self, lead: QualifiedLead) -> HandedOff:
@@ -542,8 +544,9 @@ class HandOff:
         mode = self._rules.crm.mode
         if mode != "auto":
             return "lead" if mode == "classic" else "deal"
-        if self._mode is None:
-            self._mode = await crm_mode(self._batcher)
+        async with self._mode_lock:
+            if self._mode is None:
+                self._mode = await crm_mode(self._batcher)
         return "lead" if self._mode is CrmMode.CLASSIC else "deal"
 
     async def _responsible(

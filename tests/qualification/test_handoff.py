@@ -613,6 +613,18 @@ class TestSamePersonOnTwoChannels:
         assert len(contact_rows(desk)) == 1
         assert len(deal_rows(desk)) == 1
 
+    async def test_parallel_hand_offs_ask_the_portal_its_crm_mode_once(
+        self, desk: Desk
+    ) -> None:
+        leads = [
+            lead(chat_id=f"10000002{n}", phone=f"+7999000002{n}") for n in range(8)
+        ]
+
+        await asyncio.gather(*(desk.handoff.hand_off(each) for each in leads))
+
+        assert desk.wire.methods().count("crm.settings.mode.get") == 1
+        assert len(deal_rows(desk)) == 8
+
 
 def test_an_outcome_keeps_its_deal_id_for_reminders() -> None:
     done = HandedOff(
