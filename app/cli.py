@@ -14,7 +14,10 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
+import structlog
 import uvicorn
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.api import create_app
 from app.clients import open_clients
@@ -59,6 +62,8 @@ from kpi_engine.weekly import (
     render,
     week_label,
 )
+
+log = structlog.stdlib.get_logger(__name__)
 
 PORT = click.IntRange(1, 65535)
 T = TypeVar("T")
@@ -109,12 +114,34 @@ def serve(host: str | None, port: int | None) -> None:
     )
 
 
+# A worker that lost Redis starts again after this pause, doubled up to the cap while
+# Redis stays away; a worker that ran this long first starts with the shortest pause.
+REDIS_RETRY_FIRST_S = 1.0
+REDIS_RETRY_CAP_S = 30.0
+REDIS_RETRY_RESET_S = 60.0
+
+
 @main.command()
 def worker() -> None:
     """Run the arq worker: jobs and the cron table."""
     settings = get_settings()
     rules = _prepare(settings)
-    asyncio.run(_work(settings, rules))
+    pause = REDIS_RETRY_FIRST_S
+    while True:
+        started = time.monotonic()
+        try:
+            asyncio.run(_work(settings, rules))
+            return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # arq lets a lost connection end the worker; its running jobs come back
+            # as a crashed worker's do (the chat lock's lease, then the sweep).
+            if time.monotonic() - started > REDIS_RETRY_RESET_S:
+                pause = REDIS_RETRY_FIRST_S
+            log.warning(
+                "worker.redis_lost", error=type(exc).__name__, restart_in_s=pause
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, REDIS_RETRY_CAP_S)
 
 
 async def _work(settings: Settings, rules: BusinessRules) -> None:
