@@ -14,7 +14,6 @@ anything a client wrote. docs/observability.md lists every metric.
 from __future__ import annotations
 
 import re
-import secrets
 import threading
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
@@ -33,6 +32,7 @@ from prometheus_client import (
 from starlette.exceptions import HTTPException
 
 from app.errors import ServiceError
+from app.security import bearer_matches
 from app.settings import Settings
 
 log = structlog.stdlib.get_logger(__name__)
@@ -210,11 +210,7 @@ def _check_scraper(settings: Settings, request: Request) -> None:
         if settings.is_production:
             raise MetricsDisabled("set LEADLOOP_ADMIN_TOKEN to scrape /metrics")
         return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not secrets.compare_digest(
-        given.strip().encode(), expected
-    ):
+    if not bearer_matches(request.headers, token):
         log.warning("api.metrics_unauthorized")
         raise HTTPException(
             401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -117,6 +119,14 @@ GUARDED = (
     # is set, it has to be the portal's, not an example.
     Guarded("bitrix24_application_token", "Bitrix24 events", _never),
 )
+
+
+def bearer_matches(headers: Headers, token: SecretStr) -> bool:
+    """`Authorization: Bearer <token>` carries `token` (compared in constant time)."""
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(
+        given.strip().encode(), token.get_secret_value().encode()
+    )
 
 
 class UnsafeSettings(ValueError):

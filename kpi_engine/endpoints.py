@@ -7,7 +7,6 @@ with `WWW-Authenticate: Bearer`; tokens are compared in constant time.
 
 from __future__ import annotations
 
-import secrets
 from datetime import date, datetime
 from typing import Annotated, Literal
 
@@ -20,6 +19,7 @@ from app.clients import Clients
 from app.config import BusinessRules, load_rules
 from app.errors import ServiceError
 from app.portal import NotConfigured
+from app.security import bearer_matches
 from app.settings import Settings
 from connectors.bitrix24.errors import Bitrix24Error
 from kpi_engine import report
@@ -60,11 +60,7 @@ def kpi_router(settings: Settings, rules: BusinessRules | None = None) -> APIRou
         token = settings.admin_token
         if token is None or not token.get_secret_value():
             raise AdminDisabled("LEADLOOP_ADMIN_TOKEN is not set: the endpoint is off")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        expected = token.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            given.strip().encode(), expected
-        ):
+        if not bearer_matches(request.headers, token):
             log.warning("api.kpi_unauthorized")
             raise HTTPException(
                 401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from fastapi.responses import Response
+from pydantic import SecretStr
 
+from app.security import bearer_matches
 from app.settings import Settings
 from kpi_engine.endpoints import AdminDisabled
 
@@ -44,13 +46,9 @@ class DashboardAuth:
         """Pass, or raise `AdminDisabled` (no token set) or `SignInRequired`."""
         if not self.required:
             return
-        token = self._token()
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and secrets.compare_digest(
-            given.strip().encode(), token
-        ):
+        if bearer_matches(request.headers, self._secret()):
             return
-        if self._valid_cookie(request.cookies.get(COOKIE, ""), token):
+        if self._valid_cookie(request.cookies.get(COOKIE, ""), self._token()):
             return
         raise SignInRequired
 
@@ -80,11 +78,14 @@ class DashboardAuth:
             samesite="strict",
         )
 
-    def _token(self) -> bytes:
+    def _secret(self) -> SecretStr:
         token = self.settings.admin_token
         if token is None or not token.get_secret_value():
             raise AdminDisabled("LEADLOOP_ADMIN_TOKEN is not set: the dashboard is off")
-        return token.get_secret_value().encode()
+        return token
+
+    def _token(self) -> bytes:
+        return self._secret().get_secret_value().encode()
 
     @staticmethod
     def _valid_cookie(value: str, token: bytes) -> bool:

@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from starlette.datastructures import Headers
 
 from app.security import (
     MIN_SECRET_LENGTH,
     UnsafeSettings,
+    bearer_matches,
     ensure_production_ready,
     is_public_value,
     production_problems,
@@ -242,3 +244,25 @@ class TestGetSettingsInProduction:
         monkeypatch.setenv("LEADLOOP_ADMIN_TOKEN", STRONG["admin_token"])
 
         assert get_settings().is_production
+
+
+class TestBearerMatches:
+    TOKEN = SecretStr("k3y-for-the-admin-api-0001")
+
+    @pytest.mark.parametrize(
+        ("header", "matches"),
+        [
+            ("Bearer k3y-for-the-admin-api-0001", True),
+            ("bearer  k3y-for-the-admin-api-0001 ", True),
+            ("Bearer k3y-for-the-admin-api-0002", False),
+            ("Basic k3y-for-the-admin-api-0001", False),
+            ("k3y-for-the-admin-api-0001", False),
+            ("", False),
+        ],
+    )
+    def test_only_the_bearer_scheme_with_the_token_matches(
+        self, header: str, matches: bool
+    ) -> None:
+        headers = Headers({"authorization": header} if header else {})
+
+        assert bearer_matches(headers, self.TOKEN) is matches
