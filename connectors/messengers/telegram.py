@@ -122,12 +122,9 @@ class TelegramSender:
         allowed_updates: Sequence[str] = ALLOWED_UPDATES,
     ) -> None:
         """Point the bot's updates at `url`, signed with `secret_token`."""
-        params = {
-            "url": url,
-            "secret_token": as_secret(secret_token).get_secret_value(),
-            "allowed_updates": list(allowed_updates),
-        }
-        await self.call("setWebhook", params)
+        await self.call(
+            "setWebhook", webhook_params(url, secret_token, allowed_updates)
+        )
         log.info("telegram.webhook_set", allowed_updates=list(allowed_updates))
 
     async def call(self, method: str, params: Mapping[str, Any]) -> Any:
@@ -256,3 +253,14 @@ def _message_id(message: object) -> int:
         channel=CHANNEL,
         method="sendMessage",
     )
+
+
+def webhook_params(
+    url: str, secret_token: SecretStr | str, allowed_updates: Sequence[str]
+) -> dict[str, Any]:
+    """`setWebhook`'s parameters: the URL, the secret header's value, update kinds."""
+    return {
+        "url": url,
+        "secret_token": as_secret(secret_token).get_secret_value(),
+        "allowed_updates": list(allowed_updates),
+    }

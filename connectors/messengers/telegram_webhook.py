@@ -29,6 +29,7 @@ from connectors.messengers.telegram import (
     CHANNEL,
     DEFAULT_API_BASE,
     map_telegram_error,
+    webhook_params,
 )
 
 ALREADY_SET = "Webhook is already set"
@@ -88,11 +89,7 @@ class TelegramWebhook:
         allowed_updates: Sequence[str] = ALLOWED_UPDATES,
     ) -> WebhookSet:
         """Point updates at `url`, signed with the secret; pending ones are kept."""
-        params = {
-            "url": url,
-            "secret_token": as_secret(secret_token).get_secret_value(),
-            "allowed_updates": list(allowed_updates),
-        }
+        params = webhook_params(url, secret_token, allowed_updates)
         body = await self._call("setWebhook", params)
         description = str(body.get("description") or "")
         return WebhookSet(changed=description != ALREADY_SET, description=description)
