@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # Larger request bodies are refused with 413; Telegram updates and WhatsApp
     # batches are a few KiB.
     max_request_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Jobs one worker process runs at once. Most of a job's time is spent waiting on
+    # the portal's rate limit or a messenger, not the CPU; docs/benchmarks.md shows
+    # how the backlog of a burst drains with it.
+    worker_max_jobs: int = Field(default=50, ge=1, le=1000)
     # The worker's Prometheus endpoint (no token): off unless a port is set.
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)

@@ -103,6 +103,7 @@ def build_worker(settings: Settings, rules: BusinessRules, **overrides: Any) -> 
         # Never the container's zone: cron lines are written in business time.
         "timezone": rules.zone,
         "ctx": {"settings": settings, "rules": rules},
+        "max_jobs": settings.worker_max_jobs,
         # The reconcile cadence is a business rule, so its line is made here.
         "cron_jobs": (*WorkerSettings.cron_jobs, reminder_jobs.reconcile_cron(rules)),
         **overrides,

@@ -220,15 +220,10 @@ class Stack:
     def add_worker(self, name: str, max_jobs: int | None) -> Part:
         port = free_port()
         self.worker_metrics[name] = port
-        argv = [str(LEADLOOP), "worker"]
+        env = {"LEADLOOP_WORKER_METRICS_PORT": str(port)}
         if max_jobs is not None:
-            argv = [
-                sys.executable,
-                "-m",
-                "bench.chaos_worker",
-                f"--max-jobs={max_jobs}",
-            ]
-        return self.add(name, argv, LEADLOOP_WORKER_METRICS_PORT=str(port))
+            env["LEADLOOP_WORKER_MAX_JOBS"] = str(max_jobs)
+        return self.add(name, [str(LEADLOOP), "worker"], **env)
 
     def stop(self) -> None:
         for name in reversed(list(self.parts)):
@@ -982,7 +977,7 @@ def options_from(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--max-jobs",
         type=int,
-        help="experiment: workers with arq's max_jobs set (bench/chaos_worker.py)",
+        help="LEADLOOP_WORKER_MAX_JOBS of the workers (default: the setting's, 50)",
     )
     args = parser.parse_args(argv)
     seconds = args.seconds

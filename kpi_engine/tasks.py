@@ -28,9 +28,11 @@ log = structlog.stdlib.get_logger(__name__)
 
 # A month of a 100-manager, 50,000-deal portal reads in 34 requests and computes in
 # about a second (docs/benchmarks.md, "KPI"; 29 s against the sandbox); the report
-# reads a week and two months at most. A short timeout also keeps arq's in-progress
-# key short after a crash (known fault Q-2).
-TIMEOUT = timedelta(minutes=10)
+# reads a week and two months at most. The job shares the queue, and arq keeps every
+# job's in-progress mark for the longest timeout of any function + 10 s, so a job
+# killed with its worker waits that long before it runs again (known fault Q-2):
+# five minutes, the same as the reminders' reconcile and the follow-ups' drain.
+TIMEOUT = timedelta(minutes=5)
 MAX_TRIES = 8  # with the delays below: retried for about an hour and a half
 FIRST_RETRY = timedelta(minutes=1)
 LONGEST_RETRY = timedelta(minutes=30)

@@ -53,13 +53,13 @@ from connectors.messengers.telegram import TelegramSender
 from connectors.messengers.whatsapp import MAX_LIST_ROWS, WhatsAppSender
 from qualification.dialog import DialogEngine, DialogTurn, FollowUp, Reply
 from qualification.followup import FollowUps
-from qualification.handoff import HAND_OFF_JOB, DeferredHandOffs, HandOff
+from qualification.handoff import HAND_OFF_JOB, DeferredHandOffs, HandedOff, HandOff
 from qualification.llm import LlmQualifier
 from qualification.managers import ManagerPicker
 from qualification.pending import CTX_KEY as FOLLOW_UPS_KEY
 from qualification.pending import PendingFollowUps
 from qualification.rules import RuleQualifier
-from qualification.schema import Qualifier
+from qualification.schema import QualifiedLead, Qualifier
 from reminders.keys import ReminderKeys
 from reminders.links import Links
 from reminders.service import CTX_KEY as REMINDERS_KEY
@@ -91,10 +91,16 @@ OPENS_WINDOW = frozenset(
 )
 # Marks of sent replies only matter while the event can still be retried.
 SENT_MARK_LIFETIME = timedelta(days=2)
-# A hand-off that fails or takes longer than this is parked and retried by a job,
-# so that the client still gets an answer in seconds; the gateway itself rides out
-# a refusing portal for 60 s, which a client should not wait through.
-INLINE_HAND_OFF_BUDGET_S = 20.0
+# A hand-off that takes longer than this goes on in the background while the client
+# gets the dialog's answer, so that a reply never waits on a busy portal's rate limit
+# or on the gateway riding out a refusing portal (up to 60 s). The lead is parked
+# first, so a worker that dies meanwhile loses nothing: the retrying job takes over
+# after BACKGROUND_GRACE. A hand-off that fails is parked and retried by that job.
+INLINE_HAND_OFF_BUDGET_S = 10.0
+BACKGROUND_GRACE = timedelta(minutes=5)
+# Beyond this many hand-offs going on in the background in one worker, a slow one is
+# stopped and parked instead (memory and portal requests stay bounded).
+MAX_BACKGROUND_HAND_OFFS = 500
 # A messenger's "slow down" up to this long is waited out in place; a longer one
 # sends the event back to the queue (Telegram asks 1-5 s per chat, WhatsApp 6 s for
 # one recipient, an hour-long app limit is not worth holding a worker for).
@@ -247,6 +253,7 @@ class InboundHandler:
         times: InboundTimes,
         followups: FollowUps | None = None,
         inline_budget_s: float = INLINE_HAND_OFF_BUDGET_S,
+        max_background: int = MAX_BACKGROUND_HAND_OFFS,
     ) -> None:
         self._dialog = dialog
         self._replies = replies
@@ -256,6 +263,10 @@ class InboundHandler:
         self._answers = answers
         self._times = times
         self._inline_budget_s = inline_budget_s
+        self._max_background = max_background
+        # Hand-offs past their inline budget, by intake id, until they end.
+        self._background: dict[str, asyncio.Task[HandedOff]] = {}
+        self._releases: set[asyncio.Task[None]] = set()
 
     async def __call__(self, message: InboundMessage) -> None:
         """Handle one client event; raising makes the chat's job try it again."""
@@ -336,9 +347,15 @@ class InboundHandler:
             HANDOFFS.labels("deferred").inc()
             await self._deferred.defer(lead, HAND_OFF_FIRST_DELAY)
             return turn.replies
+        task = asyncio.create_task(self._handoff.hand_off(lead))
         try:
-            async with asyncio.timeout(self._inline_budget_s):
-                done = await self._handoff.hand_off(lead)
+            done = await asyncio.wait_for(asyncio.shield(task), self._inline_budget_s)
+        except TimeoutError:
+            await self._go_on_in_background(lead, task)
+            return turn.replies
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
         except Exception:
             # Any failure, ours or the portal's: the client still gets the dialog's
             # answer now, and the lead waits in Redis for the retrying job.
@@ -351,12 +368,65 @@ class InboundHandler:
         )
         return _with_next_step(turn.replies, self._handoff.client_reply(lead, done))
 
+    async def _go_on_in_background(
+        self, lead: QualifiedLead, task: asyncio.Task[HandedOff]
+    ) -> None:
+        """A slow hand-off: parked (in case this worker dies), then left to finish."""
+        intake_id = lead.intake_id
+        if len(self._background) >= self._max_background:
+            task.cancel()
+            log.warning("intake.handoff_slow_parked", intake_id=intake_id)
+            HANDOFFS.labels("deferred").inc()
+            await self._deferred.defer(lead, HAND_OFF_FIRST_DELAY)
+            return
+        try:
+            await self._deferred.defer(lead, BACKGROUND_GRACE)
+        except BaseException:
+            task.cancel()
+            raise
+        log.info("intake.handoff_background", intake_id=intake_id)
+        self._background[intake_id] = task
+        task.add_done_callback(lambda ended: self._background_ended(intake_id, ended))
+
+    def _background_ended(self, intake_id: str, task: asyncio.Task[HandedOff]) -> None:
+        if self._background.get(intake_id) is task:
+            del self._background[intake_id]
+        if task.cancelled():
+            return  # the parked job takes it over
+        if (error := task.exception()) is not None:
+            log.warning(
+                "intake.handoff_background_failed",
+                intake_id=intake_id,
+                error=type(error).__name__,
+            )
+            HANDOFFS.labels("deferred").inc()
+            return  # parked: the job retries after the grace
+        # Done: the parked copy is not needed. Its queued job finds nothing and ends.
+        release = asyncio.create_task(self._deferred.release(intake_id))
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+
+    @property
+    def background_hand_offs(self) -> int:
+        """How many hand-offs this worker is finishing in the background."""
+        return len(self._background)
+
+    async def aclose(self) -> None:
+        """Stop background hand-offs (their leads are parked) and finish releases."""
+        for task in list(self._background.values()):
+            task.cancel()
+        await asyncio.gather(*self._background.values(), return_exceptions=True)
+        await asyncio.gather(*self._releases, return_exceptions=True)
+
     async def hand_off_parked(self, intake_id: str, job_try: int) -> None:
         """The deferred job's work: hand the parked lead off, or retry later."""
         lead = await self._deferred.parked(intake_id)
         if lead is None:
             log.info("intake.parked_gone", intake_id=intake_id)
             return
+        if intake_id in self._background:
+            # Still going on in this worker: look again once it has had its time.
+            raise Retry(defer=HAND_OFF_FIRST_DELAY)
         if self._handoff is None:
             raise Retry(defer=parked_retry_delay(job_try))
         try:
@@ -423,6 +493,7 @@ class Intake:
     batcher: Batcher | None
 
     async def aclose(self) -> None:
+        await self.handler.aclose()
         if self.batcher is not None:
             await self.batcher.aclose()
 

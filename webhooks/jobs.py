@@ -33,6 +33,8 @@ log = structlog.stdlib.get_logger(__name__)
 Handler = Callable[[InboundMessage], Awaitable[None]]
 JobContext = dict[str, Any]
 
+# A sweep's mark outlives any wait in the queue worth skipping for.
+SWEPT_MARK_LIFETIME = timedelta(hours=1)
 # WhatsApp 131026: the number cannot receive messages (not on WhatsApp, old app).
 UNDELIVERABLE = 131026
 
@@ -320,7 +322,8 @@ async def sweep_inboxes(ctx: JobContext) -> int:
     timeout) holds no lock once the lease lapses, and its chat waits for the next
     message. It also recovers a chat whose worker died: arq runs that job again
     only once its in-progress mark lapses (the worker's longest job timeout plus
-    10 s, about ten minutes beside the weekly report), the lease lapses sooner.
+    10 s, about five minutes), the lease lapses sooner. A chat whose last swept
+    drain still waits in the queue (a long backlog) is not queued again.
     Meant to run from cron every minute.
     """
     redis: ArqRedis = ctx["redis"]
@@ -332,12 +335,23 @@ async def sweep_inboxes(ctx: JobContext) -> int:
             continue
         if await redis.exists(keys.lock(channel, chat)):
             continue
+        swept = keys.swept(channel, chat)
+        if await _still_queued(redis, await redis.get(swept)):
+            continue
         job_id = keys.job_id(channel, chat, f"sweep-{uuid4().hex[:12]}")
         await wake(redis, channel, chat, job_id)
+        await redis.set(swept, job_id, ex=SWEPT_MARK_LIFETIME)
         woken += 1
     if woken:
         log.warning("webhooks.inboxes_swept", woken=woken)
     return woken
+
+
+async def _still_queued(redis: ArqRedis, job_id: bytes | None) -> bool:
+    """Whether the job waits in the queue, not yet started."""
+    if job_id is None:
+        return False
+    return await redis.zscore(redis.default_queue_name, job_id) is not None
 
 
 def process_chat_job(policy: DrainPolicy | None = None) -> Function:

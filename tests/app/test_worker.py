@@ -92,6 +92,18 @@ class TestWorkerSettings:
 
         assert worker.timezone == ZoneInfo("Asia/Yekaterinburg")
 
+    async def test_runs_jobs_at_once_as_configured(
+        self, make_settings: MakeSettings
+    ) -> None:
+        default = build_worker(make_settings(), BusinessRules(), handle_signals=False)
+        wide = build_worker(
+            make_settings(worker_max_jobs=120), BusinessRules(), handle_signals=False
+        )
+
+        assert (default.max_jobs, wide.max_jobs) == (50, 120)
+        # A job killed with its worker runs again after the longest timeout + 10 s.
+        assert default.in_progress_timeout_s == 310
+
     async def test_uses_the_configured_redis(self, make_settings: MakeSettings) -> None:
         settings = make_settings(redis_url="redis://redis.internal:6380/3")
 

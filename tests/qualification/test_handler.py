@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -25,7 +27,13 @@ from connectors.messengers.base import Button, Sender, Unavailable
 from connectors.messengers.telegram import TelegramSender
 from connectors.messengers.whatsapp import WhatsAppSender
 from qualification.dialog import DialogEngine, Reply
-from qualification.handler import InboundHandler, ReplySender, parked_retry_delay
+from qualification.handler import (
+    BACKGROUND_GRACE,
+    HAND_OFF_FIRST_DELAY,
+    InboundHandler,
+    ReplySender,
+    parked_retry_delay,
+)
 from qualification.handoff import DeferredHandOffs, HandOff
 from qualification.managers import ManagerPicker
 from qualification.rules import RuleQualifier
@@ -117,6 +125,7 @@ class Answers:
 @dataclass
 class Chain:
     handler: InboundHandler
+    make: Callable[..., InboundHandler]
     replies: ReplySender
     answers: Answers
     links: Links
@@ -201,15 +210,21 @@ async def chain(
                 clock,
                 key_prefix=f"{root}:dialog",
             )
-            handler = InboundHandler(
-                dialog,
-                replies,
-                handoff=handoff,
-                deferred=DeferredHandOffs(redis, prefix=f"{root}:intake"),
-                answers=answers,
-                times=links,
-            )
-            yield Chain(handler, replies, answers, links, sleeps, keys, sandbox)
+
+            def make(**overrides: Any) -> InboundHandler:
+                return InboundHandler(
+                    dialog,
+                    replies,
+                    handoff=handoff,
+                    deferred=DeferredHandOffs(redis, prefix=f"{root}:intake"),
+                    answers=answers,
+                    times=links,
+                    **overrides,
+                )
+
+            handler = make()
+            yield Chain(handler, make, replies, answers, links, sleeps, keys, sandbox)
+            await handler.aclose()
 
 
 async def converse(chain: Chain) -> list[InboundMessage]:
@@ -291,6 +306,86 @@ class TestConversation:
         assert await redis.exists(parked) == 0
         await chain.handler(steps[-1])
         assert len(chain.telegram_sent()) == 4
+
+
+async def parked_ids(redis: ArqRedis, root: str) -> list[str]:
+    keys = [key async for key in redis.scan_iter(match=f"{root}:intake:parked:*")]
+    return [key.decode().rsplit(":", 1)[-1] for key in keys]
+
+
+class TestSlowHandOff:
+    """A hand-off past its inline budget: the client is answered, the work goes on."""
+
+    async def test_goes_on_in_the_background_parked_until_done(
+        self, chain: Chain, redis: ArqRedis, root: str
+    ) -> None:
+        chain.fault(method="crm.duplicate.findbycomm", kind="latency", seconds=1.0)
+        chain.handler = handler = chain.make(inline_budget_s=0.2)
+
+        await converse(chain)
+
+        # Answered at once with the dialog's own words; nothing in the CRM yet, and
+        # the lead parked with its job a grace period away, should this worker die.
+        last = chain.telegram_sent()[-1]["text"]
+        assert last.endswith("Администратор свяжется с вами, чтобы подтвердить запись.")
+        assert handler.background_hand_offs == 1
+        [intake_id] = await parked_ids(redis, root)
+        job = f"{root}:intake:job:handoff:{intake_id}".encode()
+        [(queued, due_ms)] = await redis.zrange(
+            redis.default_queue_name, 0, -1, withscores=True
+        )
+        assert queued == job
+        assert due_ms / 1000 - time.time() > BACKGROUND_GRACE.total_seconds() - 30
+
+        # The job, should it run while the hand-off goes on, waits its turn.
+        with pytest.raises(Retry):
+            await handler.hand_off_parked(intake_id, job_try=1)
+        for _ in range(100):
+            if handler.background_hand_offs == 0 and not await parked_ids(redis, root):
+                break
+            await asyncio.sleep(0.05)
+
+        assert [deal["TITLE"] for deal in chain.deals()] == ["Маникюр — Анна"]
+        assert await parked_ids(redis, root) == []
+        # The queued job then finds nothing to do: still one deal.
+        await handler.hand_off_parked(intake_id, job_try=1)
+        assert len(chain.deals()) == 1
+
+    async def test_beyond_the_background_limit_a_slow_one_is_parked_instead(
+        self, chain: Chain, redis: ArqRedis, root: str
+    ) -> None:
+        chain.fault(method="crm.duplicate.findbycomm", kind="latency", seconds=1.0)
+        chain.handler = handler = chain.make(inline_budget_s=0.2, max_background=0)
+
+        await converse(chain)
+
+        assert handler.background_hand_offs == 0
+        [intake_id] = await parked_ids(redis, root)
+        [(_, due_ms)] = await redis.zrange(
+            redis.default_queue_name, 0, -1, withscores=True
+        )
+        assert due_ms / 1000 - time.time() < HAND_OFF_FIRST_DELAY.total_seconds() + 5
+        await asyncio.sleep(1.5)  # the stopped request's answer would have come
+        assert chain.deals() == []
+
+        await handler.hand_off_parked(intake_id, job_try=1)
+
+        assert len(chain.deals()) == 1
+        assert await parked_ids(redis, root) == []
+
+    async def test_closing_the_worker_stops_it_and_leaves_the_lead_parked(
+        self, chain: Chain, redis: ArqRedis, root: str
+    ) -> None:
+        chain.fault(method="crm.duplicate.findbycomm", kind="latency", seconds=1.0)
+        chain.handler = handler = chain.make(inline_budget_s=0.2)
+        await converse(chain)
+
+        await handler.aclose()
+
+        assert handler.background_hand_offs == 0
+        [intake_id] = await parked_ids(redis, root)
+        await handler.hand_off_parked(intake_id, job_try=1)
+        assert len(chain.deals()) == 1
 
 
 class TestRouting:

@@ -50,8 +50,8 @@ from webhooks.queue import Inbox
 Logs = Callable[[], list[dict[str, Any]]]
 Process = asyncio.subprocess.Process
 CHAT = "100000081"
-# arq's in-progress mark of a production worker: the weekly report's 600 s + 10 s.
-PRODUCTION_IN_PROGRESS_S = 610
+# arq's in-progress mark of a production worker: the longest timeout (300 s) + 10 s.
+PRODUCTION_IN_PROGRESS_S = 310
 
 
 async def start(

@@ -305,3 +305,20 @@ class TestGuards:
         recorder = Recorder()
         await run_worker(recorder)
         assert recorder.event_ids == ["h1"]
+
+    async def test_a_swept_chat_still_waiting_in_the_queue_is_not_queued_again(
+        self, inbox: Inbox, redis: ArqRedis, keys: InboxKeys, queue: str
+    ) -> None:
+        await inbox.accept(text_message("h1", "100000071"))
+        await redis.delete(queue)  # its job lost
+        ctx = {"redis": redis, "inbound_keys": keys}
+
+        # A long backlog: the sweep's job has not started by the next sweep.
+        assert await sweep_inboxes(ctx) == 1
+        assert await sweep_inboxes(ctx) == 0
+        assert len(await queued_jobs(redis, queue)) == 1
+
+        # Once that job is gone too (lost, or ran and left the inbox), it is again.
+        await redis.delete(queue)
+        assert await sweep_inboxes(ctx) == 1
+        assert len(await queued_jobs(redis, queue)) == 1
