@@ -26,6 +26,7 @@ from webhooks.inbound import CHANNELS, Channel, InboundKind, InboundMessage
 from webhooks.keys import REMEMBER, InboxKeys
 from webhooks.queue import PROCESS_CHAT, wake
 from webhooks.reachability import Reachability
+from webhooks.setaside import Reason, SetAside
 from webhooks.statuses import SentMessages, StatusChange
 
 log = structlog.stdlib.get_logger(__name__)
@@ -139,6 +140,7 @@ class ChatDrainer:
         self._clock = clock
         self._reachability = Reachability(redis, keys=self._keys)
         self._sent = SentMessages(redis, keys=self._keys)
+        self._set_aside_list = SetAside(redis, self._keys)
         self._acquire = redis.register_script(_ACQUIRE)
         self._head = redis.register_script(_HEAD)
         self._release = redis.register_script(_RELEASE)
@@ -194,7 +196,7 @@ class ChatDrainer:
                 return None
             if attempt > self._policy.max_attempts:
                 log.error("webhooks.event_set_aside", attempts=attempt - 1)
-                await self._set_aside(chat, event_id)
+                await self._set_aside(chat, event_id, "tries")
                 return None
             return await self._run(chat, event_id, raw, attempt)
 
@@ -205,7 +207,7 @@ class ChatDrainer:
             message = InboundMessage.from_json(raw)
         except (ValueError, KeyError, TypeError):
             log.error("webhooks.event_unreadable")
-            await self._set_aside(chat, event_id)
+            await self._set_aside(chat, event_id, "unreadable")
             return None
 
         policy_delay = self._policy.retry_delay(attempt)
@@ -273,10 +275,9 @@ class ChatDrainer:
             args=[event_id, _ms(REMEMBER), state],
         )
 
-    async def _set_aside(self, chat: Chat, event_id: str) -> None:
-        # Kept for a person to look at; the chat moves on past it.
-        entry = f"{chat.channel}:{event_id}"
-        await cast(Awaitable[int], self._redis.rpush(self._keys.dead(), entry))
+    async def _set_aside(self, chat: Chat, event_id: str, reason: Reason) -> None:
+        # Kept for a person to look at (`leadloop jobs failed`); the chat moves on.
+        await self._set_aside_list.add(chat.channel, chat.key, event_id, reason)
         await self._finish(chat, event_id, "set_aside")
 
     async def _hand_off(self, chat: Chat, job_id: str, delay: timedelta) -> None:

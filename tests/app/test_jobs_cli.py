@@ -30,6 +30,9 @@ from app.logging import configure_logging
 from app.settings import Settings
 from app.worker import build_worker
 from tests.support import REDIS_URL, queue_redis
+from webhooks.inbound import InboundKind, InboundMessage
+from webhooks.keys import InboxKeys, chat_key
+from webhooks.setaside import SetAside
 
 log = structlog.stdlib.get_logger("tests.jobs")
 
@@ -299,16 +302,18 @@ class TestJobsCommand:
         limited = leadloop("failed", "--limit", "1", "--key-prefix", prefix)
 
         assert table.exit_code == 0, table.output
-        header, *rows = table.output.splitlines()
+        jobs_part, events_part = table.output.split("\n\n")
+        header, *rows = jobs_part.splitlines()
         assert header.startswith("JOB ID")
         assert header.split()[-2:] == ["TRIES", "ERROR"]
         assert [row.split()[0] for row in rows] == [second, first]
         assert rows[0].endswith("PortalDown: portal refused the lead of [phone]")
-        entries = json.loads(listed.output)
+        assert events_part == "No set-aside messenger events.\n"
+        entries = json.loads(listed.output)["jobs"]
         assert [entry["job_id"] for entry in entries] == [second, first]
         assert entries[0]["args"] == ["intake-2"]
         assert "+7 999" not in listed.output
-        assert len(limited.output.splitlines()) == 2
+        assert len(limited.output.split("\n\n")[0].splitlines()) == 2
 
     def test_retry_queues_the_job_again_and_it_succeeds_once_fixed(
         self, settings: Settings, prefix: str
@@ -344,7 +349,7 @@ class TestJobsCommand:
         asyncio.run(run_worker(settings, prefix))
 
         assert result.exit_code == 0, result.output
-        assert result.output.splitlines()[-1] == "2 job(s) queued again."
+        assert result.output.splitlines()[-1] == "2 job(s) and event(s) queued again."
         delivered = asyncio.run(redis_call("lrange", f"{prefix}:delivered", 0, -1))
         assert sorted(delivered) == [b"intake-4", b"intake-5"]
         assert asyncio.run(failed_jobs(prefix)) == []
@@ -355,16 +360,71 @@ class TestJobsCommand:
         assert result.exit_code == 1
         assert "no failed job no-such-job" in result.output
 
-    @pytest.mark.parametrize("arguments", [(), ("some-job", "--all")])
-    def test_retry_needs_either_a_job_id_or_all(
+    @pytest.mark.parametrize(
+        "arguments",
+        [(), ("some-job", "--all"), ("some-job", "--event", "telegram:1")],
+    )
+    def test_retry_needs_one_of_a_job_id_an_event_or_all(
         self, prefix: str, arguments: tuple[str, ...]
     ) -> None:
         result = leadloop("retry", *arguments, "--key-prefix", prefix)
 
         assert result.exit_code == 2
-        assert "give either a JOB_ID or --all" in result.output
+        assert "give one of JOB_ID, --event or --all" in result.output
 
     def test_failed_says_so_when_the_list_is_empty(self, prefix: str) -> None:
         result = leadloop("failed", "--key-prefix", prefix)
 
-        assert (result.exit_code, result.output) == (0, "No failed jobs.\n")
+        assert (result.exit_code, result.output) == (
+            0,
+            "No failed jobs.\n\nNo set-aside messenger events.\n",
+        )
+
+    def test_set_aside_events_are_listed_and_put_back_by_reference(
+        self, prefix: str
+    ) -> None:
+        keys = InboxKeys(f"{prefix}:inbound")
+        message = InboundMessage(
+            channel="telegram",
+            event_id="e1",
+            chat_id="100000001",
+            sender_id="100000001",
+            kind=InboundKind.TEXT,
+            text="хочу записаться",
+            received_at=datetime(2026, 12, 4, 9, tzinfo=UTC),
+        )
+        chat = chat_key("telegram", "100000001")
+
+        async def set_aside() -> None:
+            redis = redis_client(REDIS_URL)
+            try:
+                await redis.set(keys.event("telegram", "e1"), message.to_json())
+                await SetAside(redis, keys).add("telegram", chat, "e1", "tries")
+            finally:
+                await redis.aclose()
+
+        asyncio.run(set_aside())
+
+        table = leadloop("failed", "--key-prefix", prefix)
+        listed = leadloop("failed", "--format", "json", "--key-prefix", prefix)
+        put = leadloop("retry", "--event", "telegram:e1", "--key-prefix", prefix)
+        again = leadloop("retry", "--event", "telegram:e1", "--key-prefix", prefix)
+        inbox = asyncio.run(redis_call("lrange", keys.inbox("telegram", chat), 0, -1))
+        # The drain went to the default queue, which this test's Redis shares.
+        job_id = put.output.rstrip().rsplit("(", 1)[-1].rstrip(")")
+        removed = asyncio.run(redis_call("zrem", "arq:queue", job_id))
+
+        assert table.exit_code == 0, table.output
+        events = table.output.split("\n\n")[1].splitlines()
+        assert events[0].startswith("Set-aside messenger events")
+        assert events[2].split()[:2] == ["telegram:e1", chat]
+        assert events[2].endswith("tries")
+        [entry] = json.loads(listed.output)["set_aside_events"]
+        assert (entry["event_id"], entry["reason"]) == ("e1", "tries")
+        assert "хочу" not in table.output + listed.output
+        assert put.exit_code == 0, put.output
+        assert put.output.startswith("put telegram:e1 back in its chat's queue")
+        assert inbox == [b"e1"]
+        assert removed == 1
+        assert again.exit_code == 1
+        assert "no set-aside event telegram:e1" in again.output

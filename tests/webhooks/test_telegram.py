@@ -28,6 +28,7 @@ from webhooks.jobs import DrainPolicy
 from webhooks.keys import InboxKeys, chat_key
 from webhooks.queue import PROCESS_CHAT, Inbox
 from webhooks.reachability import Reachability
+from webhooks.setaside import SetAside
 
 NOW = datetime(2025, 1, 13, 9, 0, tzinfo=UTC)
 HEADERS = {"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET}
@@ -407,7 +408,8 @@ class TestKnownFaults:
         await run_worker(broken, policy=DrainPolicy(retry_delays=(timedelta(0),)))
 
         assert response.status_code == 200
-        assert await redis.lrange(keys.dead(), 0, -1) == [b"telegram:700000013"]
+        [aside] = await SetAside(redis, keys).latest()
+        assert (aside.ref, aside.reason) == ("telegram:700000013", "tries")
 
     async def test_tg5_sticker_voice_and_contact_arrive_without_text(
         self, open_api: OpenApi, run_worker: RunWorker

@@ -24,6 +24,7 @@ from webhooks.jobs import DrainPolicy
 from webhooks.keys import InboxKeys, chat_key
 from webhooks.queue import PROCESS_CHAT
 from webhooks.reachability import Reachability
+from webhooks.setaside import SetAside
 from webhooks.statuses import SentMessages
 
 SENDER = "972987654321"
@@ -604,9 +605,8 @@ class TestKnownFaults:
 
         assert response.status_code == 200
         assert recorder.event_ids == ["wamid.M1"]
-        assert await redis.lrange(keys.dead(), 0, -1) == [
-            b"whatsapp:wamid.BROKEN01:read"
-        ]
+        [aside] = await SetAside(redis, keys).latest()
+        assert (aside.ref, aside.reason) == ("whatsapp:wamid.BROKEN01:read", "tries")
 
     async def test_wa2_a_malformed_status_is_logged_and_the_message_still_queued(
         self, open_api: OpenApi, logs: Logs, redis: ArqRedis, queue: str
