@@ -32,8 +32,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Known vulnerabilities in the installed dependencies; needs PyPI's or OSV's
-# vulnerability service (exit 2 when neither answers, so it never passes unrun).
+# Known vulnerabilities in the installed dependencies: pip-audit on PyPI's (or
+# OSV's) live service, or, when it cannot be reached or with AUDIT_OFFLINE=1, the
+# committed snapshot of the PyPA advisory database (deploy/audit/; it says its age).
 audit: install
 	scripts/audit
 
@@ -64,6 +65,9 @@ $(BIN)/python:
 		echo "leadloop needs Python 3.11 or newer on PATH (or make PYTHON=...)." >&2; \
 		exit 1; fi
 	$(PYTHON) -m venv $(VENV)
+	# A new venv brings the pip and setuptools of its Python, which can carry known
+	# vulnerabilities (make audit): the fixed releases first.
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=23.3' 'setuptools>=65.5.1'
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
