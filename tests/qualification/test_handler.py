@@ -313,16 +313,21 @@ async def parked_ids(redis: ArqRedis, root: str) -> list[str]:
     return [key.decode().rsplit(":", 1)[-1] for key in keys]
 
 
+async def converse_slowly(chain: Chain, **overrides: Any) -> InboundHandler:
+    """The conversation with the portal's first answer 1 s late, the budget 0.2 s."""
+    chain.fault(method="crm.duplicate.findbycomm", kind="latency", seconds=1.0)
+    chain.handler = chain.make(inline_budget_s=0.2, **overrides)
+    await converse(chain)
+    return chain.handler
+
+
 class TestSlowHandOff:
     """A hand-off past its inline budget: the client is answered, the work goes on."""
 
     async def test_goes_on_in_the_background_parked_until_done(
         self, chain: Chain, redis: ArqRedis, root: str
     ) -> None:
-        chain.fault(method="crm.duplicate.findbycomm", kind="latency", seconds=1.0)
-        chain.handler = handler = chain.make(inline_budget_s=0.2)
-
-        await converse(chain)
+        handler = await converse_slowly(chain)
 
         # Answered at once with the dialog's own words; nothing in the CRM yet, and
         # the lead parked with its job a grace period away, should this worker die.
@@ -354,10 +359,7 @@ class TestSlowHandOff:
     async def test_beyond_the_background_limit_a_slow_one_is_parked_instead(
         self, chain: Chain, redis: ArqRedis, root: str
     ) -> None:
-        chain.fault(method="crm.duplicate.findbycomm", kind="latency", seconds=1.0)
-        chain.handler = handler = chain.make(inline_budget_s=0.2, max_background=0)
-
-        await converse(chain)
+        handler = await converse_slowly(chain, max_background=0)
 
         assert handler.background_hand_offs == 0
         [intake_id] = await parked_ids(redis, root)
@@ -376,9 +378,7 @@ class TestSlowHandOff:
     async def test_closing_the_worker_stops_it_and_leaves_the_lead_parked(
         self, chain: Chain, redis: ArqRedis, root: str
     ) -> None:
-        chain.fault(method="crm.duplicate.findbycomm", kind="latency", seconds=1.0)
-        chain.handler = handler = chain.make(inline_budget_s=0.2)
-        await converse(chain)
+        handler = await converse_slowly(chain)
 
         await handler.aclose()
 
