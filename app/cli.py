@@ -43,6 +43,7 @@ from app.local import (
     shown_path,
 )
 from app.logging import configure_logging
+from app.metrics import MetricsServer, serve_worker_metrics
 from app.portal import NotConfigured
 from app.provision.commands import doctor_command, setup_command
 from app.security import UnsafeSettings
@@ -127,25 +128,34 @@ def worker() -> None:
     settings = get_settings()
     rules = _prepare(settings)
     pause = REDIS_RETRY_FIRST_S
-    while True:
-        started = time.monotonic()
-        try:
-            asyncio.run(_work(settings, rules))
-            return
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            # arq lets a lost connection end the worker; its running jobs come back
-            # as a crashed worker's do (the chat lock's lease, then the sweep).
-            if time.monotonic() - started > REDIS_RETRY_RESET_S:
-                pause = REDIS_RETRY_FIRST_S
-            log.warning(
-                "worker.redis_lost", error=type(exc).__name__, restart_in_s=pause
-            )
-        time.sleep(pause)
-        pause = min(pause * 2, REDIS_RETRY_CAP_S)
+    # One metrics server for the process, whichever run of the worker is current.
+    metrics = serve_worker_metrics(settings)
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                asyncio.run(_work(settings, rules, metrics))
+                return
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                # arq lets a lost connection end the worker; its running jobs come
+                # back as a crashed worker's do (the chat lock's lease, the sweep).
+                if time.monotonic() - started > REDIS_RETRY_RESET_S:
+                    pause = REDIS_RETRY_FIRST_S
+                log.warning(
+                    "worker.redis_lost", error=type(exc).__name__, restart_in_s=pause
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, REDIS_RETRY_CAP_S)
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
-async def _work(settings: Settings, rules: BusinessRules) -> None:
-    arq_worker = build_worker(settings, rules)
+async def _work(
+    settings: Settings, rules: BusinessRules, metrics: MetricsServer | None
+) -> None:
+    ctx = {"settings": settings, "rules": rules, "metrics_server": metrics}
+    arq_worker = build_worker(settings, rules, ctx=ctx)
     try:
         # The worker cancels its own main task on SIGINT/SIGTERM: that is the stop.
         with contextlib.suppress(asyncio.CancelledError):

@@ -40,7 +40,11 @@ async def startup(ctx: JobContext) -> None:
         ctx["settings"] = get_settings()
     settings: Settings = ctx["settings"]
     ctx["clients"] = open_clients(settings.redis_url)
-    ctx["metrics_server"] = serve_worker_metrics(settings)
+    if "metrics_server" not in ctx:
+        # `leadloop worker` serves its metrics once per process instead: a run started
+        # again after Redis went away (whose shutdown never ran) needs the same port.
+        ctx["metrics_server"] = serve_worker_metrics(settings)
+        ctx["metrics_server_owned"] = True
     if "inbound_handler" not in ctx:
         # The intake chain; a test may bring a handler of its own instead.
         ctx["intake"] = open_intake(ctx)
@@ -55,7 +59,7 @@ async def shutdown(ctx: JobContext) -> None:
     if clients is not None:
         await clients.aclose()
     metrics_server = ctx.pop("metrics_server", None)
-    if metrics_server is not None:
+    if ctx.pop("metrics_server_owned", False) and metrics_server is not None:
         metrics_server.close()
     log.info("worker.stopped")
 

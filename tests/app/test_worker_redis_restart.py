@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
@@ -80,6 +81,9 @@ class TestWorkerAfterRedisRestarts:
             if not key.startswith("LEADLOOP_")
         }
         env["LEADLOOP_REDIS_URL"] = f"redis://127.0.0.1:{redis_server.port}/0"
+        # Metrics on a fixed port: a run started again must not bind it a second time.
+        metrics_port = free_port()
+        env["LEADLOOP_WORKER_METRICS_PORT"] = str(metrics_port)
         log_file = tmp_path / "worker.log"
         with (
             log_file.open("w") as log,
@@ -100,6 +104,9 @@ class TestWorkerAfterRedisRestarts:
 
                 assert asyncio.run(ping(redis_server.port)) == "pong"
                 assert worker.poll() is None
+                metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
+                assert metrics.status_code == 200
+                assert "leadloop_jobs_total" in metrics.text
             finally:
                 worker.terminate()
                 worker.wait(timeout=30)
