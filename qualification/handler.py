@@ -95,9 +95,11 @@ SENT_MARK_LIFETIME = timedelta(days=2)
 # gets the dialog's answer, so that a reply never waits on a busy portal's rate limit
 # or on the gateway riding out a refusing portal (up to 60 s). The lead is parked
 # first, so a worker that dies meanwhile loses nothing: the retrying job takes over
-# after BACKGROUND_GRACE. A hand-off that fails is parked and retried by that job.
+# after BACKGROUND_GRACE (should the hand-off still be going on then, elsewhere, the
+# person lock and the idempotency keys keep the two from writing anything twice).
+# A hand-off that fails is parked and retried by that job.
 INLINE_HAND_OFF_BUDGET_S = 10.0
-BACKGROUND_GRACE = timedelta(minutes=5)
+BACKGROUND_GRACE = timedelta(minutes=2)
 # Beyond this many hand-offs going on in the background in one worker, a slow one is
 # stopped and parked instead (memory and portal requests stay bounded).
 MAX_BACKGROUND_HAND_OFFS = 500
