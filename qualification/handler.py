@@ -403,10 +403,16 @@ class InboundHandler:
             )
             HANDOFFS.labels("deferred").inc()
             return  # parked: the job retries after the grace
-        # Done: the parked copy is not needed. Its queued job finds nothing and ends.
-        release = asyncio.create_task(self._deferred.release(intake_id))
+        # Done: neither the parked copy nor its waiting job is needed.
+        release = asyncio.create_task(self._deferred.withdraw(intake_id))
         self._releases.add(release)
-        release.add_done_callback(self._releases.discard)
+        release.add_done_callback(self._release_ended)
+
+    def _release_ended(self, task: asyncio.Task[None]) -> None:
+        self._releases.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # The parked job runs after its grace and finds the hand-off done.
+            log.warning("intake.handoff_release_failed", error=type(error).__name__)
 
     @property
     def background_hand_offs(self) -> int:

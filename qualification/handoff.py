@@ -33,6 +33,7 @@ from typing import Any, Protocol, cast
 
 import structlog
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 
@@ -687,7 +688,7 @@ class DeferredHandOffs:
         await self._redis.enqueue_job(
             HAND_OFF_JOB,
             lead.intake_id,
-            _job_id=f"{self._prefix}:job:handoff:{lead.intake_id}",
+            _job_id=self._job_id(lead.intake_id),
             _defer_by=delay,
         )
         log.warning(
@@ -700,6 +701,24 @@ class DeferredHandOffs:
 
     async def release(self, intake_id: str) -> None:
         await self._redis.delete(self._key(intake_id))
+
+    async def withdraw(self, intake_id: str) -> None:
+        """Release the lead and take its waiting job off the queue, unless it runs.
+
+        For a hand-off that finished after all: its job would only find nothing.
+        A worker taking the job at this very moment finds it gone or nothing parked.
+        """
+        await self.release(intake_id)
+        job_id = self._job_id(intake_id)
+        if await self._redis.exists(in_progress_key_prefix + job_id):
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._redis.default_queue_name, job_id)
+            pipe.delete(job_key_prefix + job_id)
+            await pipe.execute()
+
+    def _job_id(self, intake_id: str) -> str:
+        return f"{self._prefix}:job:handoff:{intake_id}"
 
     def _key(self, intake_id: str) -> str:
         return f"{self._prefix}:parked:{intake_id}"

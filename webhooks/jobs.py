@@ -20,6 +20,7 @@ from uuid import uuid4
 
 import structlog
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from arq.worker import Function, Retry, func
 
 from webhooks.inbound import CHANNELS, Channel, InboundKind, InboundMessage
@@ -34,8 +35,8 @@ log = structlog.stdlib.get_logger(__name__)
 Handler = Callable[[InboundMessage], Awaitable[None]]
 JobContext = dict[str, Any]
 
-# A sweep's mark outlives any wait in the queue worth skipping for.
-SWEPT_MARK_LIFETIME = timedelta(hours=1)
+# The mark of a sweep's drain outlives any wait in the queue worth skipping for.
+QUEUED_MARK_LIFETIME = timedelta(hours=1)
 # WhatsApp 131026: the number cannot receive messages (not on WhatsApp, old app).
 UNDELIVERABLE = 131026
 
@@ -323,8 +324,9 @@ async def sweep_inboxes(ctx: JobContext) -> int:
     timeout) holds no lock once the lease lapses, and its chat waits for the next
     message. It also recovers a chat whose worker died: arq runs that job again
     only once its in-progress mark lapses (the worker's longest job timeout plus
-    10 s, about five minutes), the lease lapses sooner. A chat whose last swept
-    drain still waits in the queue (a long backlog) is not queued again.
+    10 s, about five minutes), the lease lapses sooner. A chat whose last queued
+    drain (an event's or a sweep's) still waits in the queue, as in a long backlog,
+    is not queued again.
     Meant to run from cron every minute.
     """
     redis: ArqRedis = ctx["redis"]
@@ -336,12 +338,12 @@ async def sweep_inboxes(ctx: JobContext) -> int:
             continue
         if await redis.exists(keys.lock(channel, chat)):
             continue
-        swept = keys.swept(channel, chat)
-        if await _still_queued(redis, await redis.get(swept)):
+        queued = keys.queued(channel, chat)
+        if await _still_queued(redis, await redis.get(queued)):
             continue
         job_id = keys.job_id(channel, chat, f"sweep-{uuid4().hex[:12]}")
         await wake(redis, channel, chat, job_id)
-        await redis.set(swept, job_id, ex=SWEPT_MARK_LIFETIME)
+        await redis.set(queued, job_id, ex=QUEUED_MARK_LIFETIME)
         woken += 1
     if woken:
         log.warning("webhooks.inboxes_swept", woken=woken)
@@ -349,10 +351,18 @@ async def sweep_inboxes(ctx: JobContext) -> int:
 
 
 async def _still_queued(redis: ArqRedis, job_id: bytes | None) -> bool:
-    """Whether the job waits in the queue, not yet started."""
+    """Whether the job waits in the queue, not yet started.
+
+    arq keeps a running job in the queue too, marked in progress; a chat whose job
+    died with its worker (marked for arq's in-progress timeout) is woken again.
+    """
     if job_id is None:
         return False
-    return await redis.zscore(redis.default_queue_name, job_id) is not None
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zscore(redis.default_queue_name, job_id)
+        pipe.exists(in_progress_key_prefix + job_id.decode())
+        score, running = await pipe.execute()
+    return score is not None and not running
 
 
 def process_chat_job(policy: DrainPolicy | None = None) -> Function:

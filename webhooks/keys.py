@@ -54,9 +54,9 @@ class InboxKeys:
     def sent(self, channel: Channel, provider_message_id: str) -> str:
         return f"{self.prefix}:sent:{channel}:{provider_message_id}"
 
-    def swept(self, channel: Channel, chat: str) -> str:
-        """The id of the drain the last sweep queued for the chat."""
-        return f"{self.prefix}:swept:{channel}:{chat}"
+    def queued(self, channel: Channel, chat: str) -> str:
+        """The id of the drain last queued for the chat (by an event or a sweep)."""
+        return f"{self.prefix}:queued:{channel}:{chat}"
 
     def dead(self) -> str:
         return f"{self.prefix}:dead"

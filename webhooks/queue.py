@@ -59,6 +59,7 @@ redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[6], ARGV[5])
+redis.call('SET', KEYS[6], ARGV[5], 'PX', ARGV[1])
 return 1
 """
 
@@ -153,7 +154,7 @@ class Inbox:
         # Jobs go to the client's default queue, the one the worker reads.
         self._redis = redis
         self._keys = keys or InboxKeys()
-        self._accept = SharedScript(redis, _ACCEPT, numkeys=5)
+        self._accept = SharedScript(redis, _ACCEPT, numkeys=6)
 
     @property
     def redis(self) -> ArqRedis:
@@ -186,6 +187,7 @@ class Inbox:
                 keys.inbox(channel, chat),
                 job_key_prefix + job_id,
                 self._redis.default_queue_name,
+                keys.queued(channel, chat),
                 # ARGV
                 _ms(REMEMBER),
                 message.to_json(),

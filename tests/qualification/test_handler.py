@@ -43,7 +43,7 @@ from sandbox.server import SandboxOptions
 from sandbox.telegram import SANDBOX_BOT_TOKEN
 from sandbox.whatsapp import SANDBOX_PHONE_NUMBER_ID, SANDBOX_WHATSAPP_ACCESS_TOKEN
 from tests.qualification.conftest import MOSCOW, NOW, REDIS_URL, SERVICES, FakeClock
-from tests.qualification.test_handoff import STAFF
+from tests.qualification.test_handoff import STAFF, lead
 from tests.sandbox.conftest import RunningSandbox, free_port, running_sandbox
 from webhooks.inbound import Channel, InboundKind, InboundMessage
 from webhooks.keys import InboxKeys
@@ -352,7 +352,10 @@ class TestSlowHandOff:
 
         assert [deal["TITLE"] for deal in chain.deals()] == ["Маникюр — Анна"]
         assert await parked_ids(redis, root) == []
-        # The queued job then finds nothing to do: still one deal.
+        # Its waiting job is taken off the queue; had it started already, it would
+        # find nothing to do: still one deal.
+        assert await redis.zrange(redis.default_queue_name, 0, -1) == []
+        assert not await redis.exists(f"arq:job:{job.decode()}")
         await handler.hand_off_parked(intake_id, job_try=1)
         assert len(chain.deals()) == 1
 
@@ -386,6 +389,27 @@ class TestSlowHandOff:
         [intake_id] = await parked_ids(redis, root)
         await handler.hand_off_parked(intake_id, job_try=1)
         assert len(chain.deals()) == 1
+
+
+class TestWithdraw:
+    async def test_takes_a_waiting_job_off_the_queue_but_never_a_running_one(
+        self, redis: ArqRedis, root: str
+    ) -> None:
+        deferred = DeferredHandOffs(redis, prefix=f"{root}:intake")
+        waiting, running = lead(), lead(chat_id="100000099")
+        for one in (waiting, running):
+            await deferred.defer(one, timedelta(minutes=2))
+        running_job = f"{root}:intake:job:handoff:{running.intake_id}"
+        await redis.set(f"arq:in-progress:{running_job}", b"1", px=60_000)
+
+        await deferred.withdraw(waiting.intake_id)
+        await deferred.withdraw(running.intake_id)
+
+        assert await redis.zrange(redis.default_queue_name, 0, -1) == [
+            running_job.encode()
+        ]
+        assert await deferred.parked(waiting.intake_id) is None
+        assert await deferred.parked(running.intake_id) is None
 
 
 class TestRouting:

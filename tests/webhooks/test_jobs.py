@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from arq.worker import Retry
 
 from tests.webhooks.conftest import Recorder, RunWorker, queued_jobs, text_message
@@ -306,19 +307,24 @@ class TestGuards:
         await run_worker(recorder)
         assert recorder.event_ids == ["h1"]
 
-    async def test_a_swept_chat_still_waiting_in_the_queue_is_not_queued_again(
+    async def test_a_chat_whose_drain_still_waits_in_the_queue_is_not_queued_again(
         self, inbox: Inbox, redis: ArqRedis, keys: InboxKeys, queue: str
     ) -> None:
         await inbox.accept(text_message("h1", "100000071"))
-        await redis.delete(queue)  # its job lost
         ctx = {"redis": redis, "inbound_keys": keys}
 
-        # A long backlog: the sweep's job has not started by the next sweep.
-        assert await sweep_inboxes(ctx) == 1
+        # A long backlog: the event's job has not started, the chat holds no lock.
         assert await sweep_inboxes(ctx) == 0
         assert len(await queued_jobs(redis, queue)) == 1
 
-        # Once that job is gone too (lost, or ran and left the inbox), it is again.
+        # That job lost: the sweep queues one, and only one while it waits.
         await redis.delete(queue)
         assert await sweep_inboxes(ctx) == 1
-        assert len(await queued_jobs(redis, queue)) == 1
+        assert await sweep_inboxes(ctx) == 0
+        [swept] = await redis.zrange(queue, 0, -1)
+
+        # The swept job died with its worker: arq keeps it queued and marked in
+        # progress; once the chat's lease has lapsed the sweep wakes the chat again.
+        await redis.set(in_progress_key_prefix + swept.decode(), b"1", px=60_000)
+        assert await sweep_inboxes(ctx) == 1
+        assert len(await queued_jobs(redis, queue)) == 2
