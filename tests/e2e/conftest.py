@@ -22,6 +22,7 @@ import httpx
 import pytest
 import uvicorn
 from arq.connections import ArqRedis
+from arq.worker import Worker
 from pydantic import SecretStr
 from redis.asyncio import ConnectionPool
 
@@ -48,6 +49,8 @@ from webhooks.queue import Inbox
 REDIS_URL = "redis://127.0.0.1:6379/15"
 TELEGRAM_SECRET = "e2e-telegram-secret"
 VERIFY_TOKEN = "e2e-verify-token"
+# A job still running when a test ends (its last reply on the way) gets this long.
+JOBS_END_WITHIN_S = 15.0
 # A calendar with no closed hours, so that a run at any time of day reads the same.
 ALWAYS_OPEN = {
     "working_days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
@@ -235,13 +238,28 @@ async def serve_stack(
             await connect_sandbox_messengers(settings, sandbox.base_url, api.url, http)
             yield Stack(http, api.url, redis, queue, root)
     finally:
-        await worker.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker_task
+        await _stop(worker, worker_task)
         api.server.should_exit = True
         await api.task
         await _forget(redis, root)
         await redis.aclose()
+
+
+async def _stop(worker: Worker, worker_task: asyncio.Task[None]) -> None:
+    """Stop taking jobs, let the running ones end, then close the worker.
+
+    arq's close (without its signal handlers) cancels jobs still running and lets
+    their CancelledError out: a test's last reply may still be on its way.
+    """
+    worker_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker_task
+    deadline = asyncio.get_running_loop().time() + JOBS_END_WITHIN_S
+    while any(not task.done() for task in worker.tasks.values()):
+        if asyncio.get_running_loop().time() > deadline:
+            break  # close cancels them, and the fixture fails with a hung job
+        await asyncio.sleep(0.05)
+    await worker.close()
 
 
 @dataclass
