@@ -47,7 +47,7 @@ from app.metrics import MetricsServer, serve_worker_metrics
 from app.portal import NotConfigured
 from app.provision.commands import doctor_command, setup_command
 from app.security import UnsafeSettings
-from app.settings import Settings, get_settings
+from app.settings import InvalidSettings, Settings, get_settings
 from app.worker import build_worker
 from connectors.bitrix24.errors import Bitrix24Error
 from kpi_engine import report
@@ -71,12 +71,13 @@ T = TypeVar("T")
 
 
 class _Leadloop(click.Group):
-    """The command group; settings production refuses become a plain error, exit 1."""
+    """The command group; settings that do not parse, or that production refuses,
+    become a plain error, exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except UnsafeSettings as exc:
+        except (UnsafeSettings, InvalidSettings) as exc:
             raise click.ClickException(str(exc)) from None
 
 

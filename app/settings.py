@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.security import ensure_production_ready
+from app.security import ensure_production_ready, env_name
 
 Environment = Literal["development", "production"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -110,12 +110,39 @@ class Settings(BaseSettings):
         ]
 
 
+class InvalidSettings(ValueError):
+    """Settings that do not parse; the message names each variable and what it needs.
+
+    Never the value given: a mistyped webhook URL or token is still a secret.
+    """
+
+    def __init__(self, error: ValidationError) -> None:
+        self.problems = [_problem(detail) for detail in error.errors()]
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(
+            f"invalid settings (environment or .env):\n{lines}\n"
+            "deploy/env.example documents every variable."
+        )
+
+
+def _problem(detail: Any) -> str:
+    location = detail.get("loc") or ()
+    name = env_name(str(location[0])) if location else "settings"
+    message = str(detail.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    return f"{name}: {message[:1].lower()}{message[1:]}"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once; tests build `Settings(...)` directly.
 
-    Production refuses to start here on missing, weak or example secrets.
+    A value that does not parse raises InvalidSettings; production refuses to start
+    here on missing, weak or example secrets.
     """
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise InvalidSettings(exc) from None
     ensure_production_ready(settings)
     return settings

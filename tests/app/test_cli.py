@@ -319,3 +319,40 @@ class TestRunLocal:
                 await run_local(
                     settings, BusinessRules(), portal_stand_in(), on_ready=print
                 )
+
+
+class TestInvalidSettings:
+    """A mistyped variable names itself and what it needs, never its value."""
+
+    @pytest.mark.parametrize(
+        ("variable", "value", "says"),
+        [
+            ("LEADLOOP_WORKER_MAX_JOBS", "0", "greater than or equal to 1"),
+            ("LEADLOOP_WORKER_MAX_JOBS", "lots", "a valid integer"),
+            ("LEADLOOP_ENV", "live", "'development' or 'production'"),
+            ("LEADLOOP_API_PORT", "99999", "less than or equal to 65535"),
+            (
+                "LEADLOOP_BITRIX24_WEBHOOK_URL",
+                "htps://salon.bitrix24.ru/rest/1/k3y5ecretc0de/",
+                "must be an http(s) URL",
+            ),
+        ],
+    )
+    def test_every_command_says_which_variable_and_exits_1(
+        self, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+    ) -> None:
+        monkeypatch.setenv(variable, value)
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(cli.main, ["doctor"])
+        finally:
+            get_settings.cache_clear()
+
+        assert result.exit_code == 1
+        assert "Traceback" not in result.output
+        assert result.output.startswith(
+            "Error: invalid settings (environment or .env):"
+        )
+        assert f"\n  - {variable}: " in result.output
+        assert says in result.output
+        assert value not in result.output

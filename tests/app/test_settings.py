@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from app.settings import Settings, get_settings
+from app.settings import InvalidSettings, Settings, get_settings
 from tests.app.conftest import REPO
 
 
@@ -149,3 +149,29 @@ class TestEnvExample:
         env_file.write_text((REPO / "deploy" / "env.example").read_text())
 
         assert Settings(_env_file=env_file) == Settings(_env_file=None)
+
+
+class TestInvalidSettings:
+    SECRET_URL = "htps://salon.bitrix24.ru/rest/1/k3y5ecretc0de/"
+
+    def test_names_every_bad_variable_without_its_value(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("LEADLOOP_BITRIX24_WEBHOOK_URL", self.SECRET_URL)
+        monkeypatch.setenv("LEADLOOP_LLM_TIMEOUT_S", "-1")
+        get_settings.cache_clear()
+        try:
+            with pytest.raises(InvalidSettings) as raised:
+                get_settings()
+        finally:
+            get_settings.cache_clear()
+
+        assert raised.value.problems == [
+            "LEADLOOP_BITRIX24_WEBHOOK_URL: must be an http(s) URL like "
+            "https://portal/rest/1/code/",
+            "LEADLOOP_LLM_TIMEOUT_S: input should be greater than 0",
+        ]
+        # The pydantic error, which quotes the input, is not chained for a traceback.
+        assert raised.value.__suppress_context__
+        assert raised.value.__cause__ is None
+        assert "k3y5ecretc0de" not in str(raised.value)
