@@ -308,8 +308,16 @@ async def _events(target: DoctorTarget, admin: PortalAdmin) -> Check:
             Health.PROBLEM,
             "LEADLOOP_PUBLIC_URL is not set: nobody knows where the portal should "
             "send deal changes, so reminders rely on the periodic reconcile alone",
-            "set LEADLOOP_PUBLIC_URL to the API's public https address and run "
-            "`leadloop setup`",
+            "set LEADLOOP_PUBLIC_URL to the API's public https address, then "
+            + (
+                "run `leadloop setup`, which binds the events"
+                if admin.is_app
+                else "in the portal open Developer resources → Other → Outgoing "
+                "webhook, handler URL <LEADLOOP_PUBLIC_URL>/webhooks/bitrix24, tick "
+                f"{', '.join(EVENTS)}, and put its application token in "
+                "LEADLOOP_BITRIX24_APPLICATION_TOKEN (an inbound webhook cannot "
+                "bind events itself)"
+            ),
         )
     handler = target.public.bitrix24
     if target.settings.bitrix24_application_token is None:

@@ -217,6 +217,39 @@ class TestDoctorOnTheBitrix24Portal:
         assert events.health is Health.PROBLEM
         assert "every event the portal sends is refused" in events.summary
 
+    async def test_without_a_public_address_an_inbound_webhook_is_told_the_portal_steps(
+        self, portal: RunningSandbox, upstreams: Upstreams, redis: ArqRedis
+    ) -> None:
+        settings = portal_settings(portal, public_url=None)
+
+        diagnosis = await examine(upstreams, settings, redis)
+
+        events = check(diagnosis, "bitrix24.events")
+        assert events.health is Health.PROBLEM
+        assert "LEADLOOP_PUBLIC_URL is not set" in events.summary
+        # Setup cannot bind them for an inbound webhook: the fix is the portal's form.
+        assert "leadloop setup" not in events.fix
+        assert "Outgoing webhook" in events.fix
+        assert "<LEADLOOP_PUBLIC_URL>/webhooks/bitrix24" in events.fix
+
+    async def test_without_a_public_address_an_app_is_told_to_run_setup(
+        self,
+        portal: RunningSandbox,
+        upstreams: Upstreams,
+        redis: ArqRedis,
+        oauth_app: App,
+    ) -> None:
+        settings = portal_settings(portal, public_url=None)
+        diagnosis = await diagnose(
+            upstreams.doctor_target(
+                settings, salon_rules(), redis, admin=oauth_app.admin
+            )
+        )
+
+        events = check(diagnosis, "bitrix24.events")
+        assert events.health is Health.PROBLEM
+        assert "run `leadloop setup`, which binds the events" in events.fix
+
 
 class TestDoctorOnTheTelegramWebhook:
     async def test_a_webhook_pointing_elsewhere_is_a_problem(
