@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -48,6 +49,7 @@ SANDBOX_WEBHOOK_PATH = "/rest/1/sandbox/"
 SANDBOX_GRAPH_VERSION = "v22.0"
 # Open connections get this long to finish after Ctrl-C before they are dropped.
 GRACEFUL_SHUTDOWN_S = 5
+DEFAULT_REDIS_PORT = 6379
 # The rules `run` uses when LEADLOOP_CONFIG is unset, in a checkout of the repository:
 # a salon with managers, services, stages and a visit field, which the demo needs.
 EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "deploy/leadloop.example.toml"
@@ -376,7 +378,8 @@ async def _require_redis(redis_url: str) -> None:
         raise LocalRunError(
             f"Redis does not answer at {redact_url(redis_url)}: {problem}.\n"
             "leadloop keeps its job queue and dialog state in Redis. To fix, either\n"
-            "  - start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379"
+            "  - start it: redis-server --daemonize yes --bind 127.0.0.1 --port "
+            f"{urlsplit(redis_url).port or DEFAULT_REDIS_PORT}"
             " (`make run` does this when redis-server is installed),\n"
             "  - install it: apt-get install redis-server, or brew install redis,\n"
             "  - or point LEADLOOP_REDIS_URL at a Redis that answers."

@@ -279,7 +279,8 @@ class TelegramSandbox:
         self.callback_answers: list[dict[str, Any]] = []
         self.edits: list[dict[str, Any]] = []
         self.calls: list[dict[str, Any]] = []
-        self.open_callbacks: set[str] = set()
+        # An open callback query's id and the chat it came from (None: not known).
+        self.open_callbacks: dict[str, int | None] = {}
         self.queues = _Queues()
         self.polled: list[dict[str, Any]] = []
         # Never backwards: a reset keeps the numbering rising, as a restart does.
@@ -409,11 +410,12 @@ class TelegramSandbox:
         query_id = args.get("callback_query_id", "")
         if query_id not in self.open_callbacks:
             raise BotApiError(*QUERY_TOO_OLD)
-        self.open_callbacks.discard(query_id)
+        chat_id = self.open_callbacks.pop(query_id)
         self.callback_answers.append(
             {
                 "seq": self._next_seq(),
                 "callback_query_id": query_id,
+                "chat_id": chat_id,
                 "text": args.get("text", ""),
                 "show_alert": _to_bool(args.get("show_alert", "")),
             }
@@ -597,7 +599,7 @@ class TelegramSandbox:
         if isinstance(chat, dict) and isinstance(chat.get("id"), int):
             self.register_chat(_chat_from_json(chat))
         if kind == "callback_query" and isinstance(body.get("id"), str):
-            self.open_callbacks.add(body["id"])
+            self.open_callbacks[body["id"]] = _callback_chat(body, chat)
         if kind == "my_chat_member" and isinstance(chat, dict):
             status = (body.get("new_chat_member") or {}).get("status")
             if status == "kicked":
@@ -682,16 +684,23 @@ class TelegramSandbox:
 
     async def _messages_route(self, request: Request) -> Response:
         chat_filter = request.query_params.get("chat_id")
-        messages = [
-            message.describe()
-            for message in self.sent
-            if chat_filter is None or str(message.chat.id) == chat_filter
-        ]
+
+        def wanted(chat_id: object) -> bool:
+            return chat_filter is None or str(chat_id) == chat_filter
+
         return JSONResponse(
             {
-                "messages": messages,
-                "callback_answers": self.callback_answers,
-                "edits": self.edits,
+                "messages": [
+                    message.describe()
+                    for message in self.sent
+                    if wanted(message.chat.id)
+                ],
+                "callback_answers": [
+                    answer
+                    for answer in self.callback_answers
+                    if wanted(answer["chat_id"])
+                ],
+                "edits": [edit for edit in self.edits if wanted(edit["chat_id"])],
             }
         )
 
@@ -1231,3 +1240,14 @@ async def _control_body(request: Request, *, allow_list: bool = False) -> Any:
     if isinstance(body, dict) or (allow_list and isinstance(body, list)):
         return body
     return JSONResponse({"error": "expected a JSON object"}, 400)
+
+
+def _callback_chat(body: dict[str, Any], chat: object) -> int | None:
+    """The chat a callback query came from: its message's, else (a private chat) the
+    user's own id."""
+    if isinstance(chat, dict) and isinstance(chat.get("id"), int):
+        return int(chat["id"])
+    sender = body.get("from")
+    if isinstance(sender, dict) and isinstance(sender.get("id"), int):
+        return int(sender["id"])
+    return None

@@ -220,7 +220,10 @@ class TestRun:
         assert f"Redis does not answer at redis://127.0.0.1:{DEAD_URL_PORT}/0" in (
             result.stderr
         )
-        assert "redis-server" in result.stderr
+        assert (
+            f"redis-server --daemonize yes --bind 127.0.0.1 --port {DEAD_URL_PORT}"
+            in (result.stderr)
+        )
         assert "LEADLOOP_REDIS_URL" in result.stderr
 
     def test_gives_the_sandbox_its_address_and_an_application_token(

@@ -330,6 +330,46 @@ class TestRecording:
 
         assert [m["text"] for m in response.json()["messages"]] == ["a"]
 
+    def test_the_filter_applies_to_callback_answers_and_edits_too(
+        self, tg: RunningSandbox
+    ) -> None:
+        for chat in (CHAT, OTHER_CHAT):
+            sent = ok(
+                call(
+                    tg,
+                    "sendMessage",
+                    chat_id=chat,
+                    text="?",
+                    reply_markup=inline(("Да", "y")),
+                )
+            )
+            deliver(tg, chat_id=chat, callback_data="y")
+            ok(
+                call(
+                    tg,
+                    "editMessageReplyMarkup",
+                    chat_id=chat,
+                    message_id=sent["message_id"],
+                )
+            )
+        for queued in ok(call(tg, "getUpdates")):
+            query_id = queued["callback_query"]["id"]
+            ok(call(tg, "answerCallbackQuery", callback_query_id=query_id))
+
+        everything = recorded(tg)
+        mine = tg.http.get(
+            "/_sandbox/telegram/messages", params={"chat_id": OTHER_CHAT}
+        ).json()
+
+        assert [a["chat_id"] for a in everything["callback_answers"]] == [
+            CHAT,
+            OTHER_CHAT,
+        ]
+        assert [e["chat_id"] for e in everything["edits"]] == [CHAT, OTHER_CHAT]
+        assert [m["chat_id"] for m in mine["messages"]] == [OTHER_CHAT]
+        assert [a["chat_id"] for a in mine["callback_answers"]] == [OTHER_CHAT]
+        assert [e["chat_id"] for e in mine["edits"]] == [OTHER_CHAT]
+
     def test_every_call_is_logged_without_the_token(self, tg: RunningSandbox) -> None:
         ok(call(tg, "sendMessage", chat_id=CHAT, text="a"))
         call(tg, "sendMessage", chat_id=100000999, text="b")
@@ -379,6 +419,7 @@ class TestCallbackQueries:
             {
                 "seq": recorded(tg)["callback_answers"][0]["seq"],
                 "callback_query_id": query_id,
+                "chat_id": CHAT,
                 "text": "OK",
                 "show_alert": False,
             }
