@@ -125,7 +125,13 @@ REDIS_RETRY_RESET_S = 60.0
 
 @main.command()
 def worker() -> None:
-    """Run the arq worker: jobs and the cron table."""
+    """Run the arq worker: jobs and the cron table.
+
+    It runs LEADLOOP_WORKER_MAX_JOBS jobs at once (default 50) and serves its
+    Prometheus metrics on LEADLOOP_WORKER_METRICS_PORT when that is set. When Redis
+    goes away it starts again by itself, after 1 s doubling up to 30 s; SIGTERM or
+    Ctrl-C stops it.
+    """
     settings = get_settings()
     rules = _prepare(settings)
     pause = REDIS_RETRY_FIRST_S
@@ -174,8 +180,10 @@ def _check_zone(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=PORT, default=8801, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to listen on."
+)
+@click.option("--port", type=PORT, default=8801, show_default=True, help="Port.")
 @click.option(
     "--snapshot",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

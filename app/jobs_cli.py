@@ -36,7 +36,14 @@ def jobs() -> None:
 
 @jobs.command(name="failed")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--format", "form", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help='json: {"jobs": [...], "set_aside_events": [...]} for scripts.',
+)
 @_PREFIX
 def failed(limit: int, form: str, key_prefix: str) -> None:
     """List failed jobs and set-aside events, newest first."""
@@ -58,7 +65,7 @@ def failed(limit: int, form: str, key_prefix: str) -> None:
     if not aside:
         click.echo("No set-aside messenger events.")
         return
-    click.echo("Set-aside messenger events (retry with --event EVENT):")
+    click.echo("Set-aside messenger events (retry with --event CHANNEL:EVENT_ID):")
     for line in set_aside_table(aside):
         click.echo(line)
 
@@ -108,7 +115,8 @@ def _put_back(ref: str, key_prefix: str) -> None:
         job_id = _run_aside(lambda store: store.put_back(ref), key_prefix)
     except NotSetAside:
         raise click.ClickException(
-            f"no set-aside event {ref} (see `leadloop jobs failed`)"
+            f"no set-aside event {ref}: give it as CHANNEL:EVENT_ID, as the EVENT "
+            "column of `leadloop jobs failed` shows it"
         ) from None
     except EventGone as gone:
         raise click.ClickException(f"cannot put back {gone}") from None

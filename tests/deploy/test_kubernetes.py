@@ -248,6 +248,21 @@ class TestSettingsObjects:
         assert data["LEADLOOP_ENV"] == "production"
         assert data["LEADLOOP_REDIS_URL"] == "redis://leadloop-redis:6379/0"
 
+    def test_every_setting_a_deployed_process_reads_is_set_somewhere(
+        self,
+        objects: dict[tuple[str, str], dict[str, Any]],
+        variables: dict[str, bool],
+    ) -> None:
+        (secret,) = load_yaml_documents(K8S / "secret.example.yaml")
+        given = set(objects["ConfigMap", "leadloop-config"]["data"])
+        given |= set(secret["stringData"])
+        for name in ("leadloop-api", "leadloop-worker"):
+            given |= set(literal_env(container(objects, name)))
+
+        # The sandbox's own address is for `leadloop sandbox`, never deployed.
+        wanted = {name for name in variables if "_SANDBOX_" not in name}
+        assert sorted(wanted - given) == []
+
     def test_the_example_secret_lists_every_secret_setting(
         self, variables: dict[str, bool]
     ) -> None:
