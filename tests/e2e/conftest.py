@@ -204,12 +204,13 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def serve_stack(
-    sandbox: RunningSandbox, rules: BusinessRules
+    sandbox: RunningSandbox, rules: BusinessRules, **settings_values: Any
 ) -> AsyncIterator[Stack]:
-    """API and worker on a fresh prefix and queue, wired to the sandbox's bots."""
+    """API and worker on a fresh prefix and queue, wired to the sandbox's bots;
+    `settings_values` change the service's settings (a model endpoint, say)."""
     root = f"e2e:{uuid.uuid4().hex}"
     queue, keys = f"{root}:queue", InboxKeys(f"{root}:inbound")
-    settings = service_settings(sandbox.base_url)
+    settings = service_settings(sandbox.base_url).model_copy(update=settings_values)
     redis = ArqRedis(
         pool_or_conn=ConnectionPool.from_url(REDIS_URL), default_queue_name=queue
     )
