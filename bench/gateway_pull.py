@@ -77,7 +77,9 @@ ACTIVITY_SELECT = [
     "CREATED",
     "COMPLETED",
 ]
-REDIS_URL = os.environ.get("LEADLOOP_REDIS_URL", "redis://127.0.0.1:6379/0")
+# A database of its own (the tests use 15), so a bench never meets a local run's keys;
+# every bench writes under a prefix of its own and removes it afterwards.
+REDIS_URL = os.environ.get("LEADLOOP_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 def quiet_logs() -> None:
