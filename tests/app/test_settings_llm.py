@@ -10,6 +10,7 @@ from app.settings import Settings
 
 class TestLlmSettings:
     def test_unset_means_the_rule_based_qualifier(self) -> None:
+        """LLM-3: by default a call times out at 20 s and a turn at 30 s."""
         settings = Settings(_env_file=None)
 
         assert settings.llm_base_url is None

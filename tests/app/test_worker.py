@@ -86,6 +86,7 @@ class TestWorkerSettings:
     async def test_cron_runs_in_the_business_time_zone(
         self, make_settings: MakeSettings
     ) -> None:
+        """Q-3: the worker's time zone comes from the business rules."""
         rules = parse_rules('timezone = "Asia/Yekaterinburg"')
 
         worker = build_worker(make_settings(), rules, handle_signals=False)
@@ -95,6 +96,7 @@ class TestWorkerSettings:
     async def test_runs_jobs_at_once_as_configured(
         self, make_settings: MakeSettings
     ) -> None:
+        """Q-2: a killed worker's jobs run again after about five minutes."""
         default = build_worker(make_settings(), BusinessRules(), handle_signals=False)
         wide = build_worker(
             make_settings(worker_max_jobs=120), BusinessRules(), handle_signals=False

@@ -98,6 +98,7 @@ class TestTelegram:
         assert task["ufCrmTask"] == [f"D_{deal['ID']}"]
 
     async def test_replaying_every_delivery_changes_nothing(self, stack: Stack) -> None:
+        """TG-1: re-delivered updates add no reply, contact or deal."""
         delivered = await telegram_until_the_phone(stack)
         delivered.append(await share_contact(stack))
         await stack.settle()
@@ -279,6 +280,7 @@ class TestSamePersonOnTwoChannels:
     async def test_b24_6_a_telegram_contact_and_a_whatsapp_message_make_one_contact(
         self, stack: Stack
     ) -> None:
+        """B24-6: a Telegram contact and a WhatsApp message at once: one contact."""
         await telegram_until_the_phone(stack)
 
         # Within milliseconds: the shared contact, and the same number on WhatsApp.

@@ -30,6 +30,7 @@ def terms(
 
 class TestBonusFor:
     def test_each_part_is_rounded_half_up_and_the_payout_sums_them(self) -> None:
+        """KPI-2: 1234.50 x 3 % = 37.035 rounds half up to 37.04."""
         bonus = bonus_for(
             Decimal("101234.50"),
             3,
@@ -81,6 +82,7 @@ class TestRounding:
     def test_half_up(
         self, value: Decimal | Fraction | int, places: int, expected: str
     ) -> None:
+        """KPI-2: ROUND_HALF_UP, including 37.035 -> 37.04."""
         assert str(half_up(value, places)) == expected
 
     def test_money_keeps_two_places(self) -> None:
@@ -92,6 +94,7 @@ class TestRounding:
         assert share(0, 5) == Decimal("0.0000")
 
     def test_decimal_sums_of_money_strings_are_exact(self) -> None:
+        """KPI-2, B24-5: Decimal sums of money strings are exact (15000.80)."""
         # A float sum of 15000.50 + 0.10 + 0.20 gives 15000.800000000001.
         total = sum((Decimal(s) for s in ("15000.50", "0.10", "0.20")), Decimal(0))
 

@@ -294,6 +294,7 @@ class TestTheWeekOfAnEdgePortal:
     async def test_the_filters_sent_are_the_windows_widened_by_a_day(
         self, portal: RunningSandbox
     ) -> None:
+        """B24-4: datetime filters go out as naive portal-local strings."""
         portal.load(edge_portal())
         sent: list[httpx.Request] = []
 

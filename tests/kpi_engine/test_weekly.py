@@ -95,6 +95,7 @@ def kpi1_week() -> KpiData:
 
 class TestTheWeek:
     def test_posted_monday_9_it_is_the_calendar_week_before(self) -> None:
+        """KPI-1: posted on Monday at 09:00, the report covers the calendar week."""
         assert week_just_ended(POSTED, rules().zone) == (MONDAY, date(2025, 1, 13))
 
     def test_at_00_30_monday_the_week_is_the_one_just_ended(self) -> None:
@@ -116,6 +117,7 @@ class TestTheWeek:
         assert week_label(date(2024, 12, 30)) == "2025-W01"
 
     def test_kpi_1_only_what_happened_inside_the_week_counts(self) -> None:
+        """KPI-1: only deals B and C count: 50,000.00."""
         report = build_report(kpi1_week(), MONDAY, POSTED, rules())
 
         week = report.result.managers[0]
@@ -149,6 +151,7 @@ class TestThePage:
         )
 
     def test_kpi_2_the_payout_in_the_post_is_the_payout_in_json(self) -> None:
+        """KPI-2: the post shows the same 37.04 as the report."""
         # 1234.50 over a plan of 0.00 at 3 %: 37.035, half up to 37.04.
         rows = won(1, "2025-01-08 12:00:00", "1234.50")
         month_plan = '\n[bonus.managers."17"]\nplan = "0.00"\n'
@@ -627,6 +630,7 @@ class TestCron:
     def test_it_runs_monday_9_00_business_time_whatever_the_server_zone(
         self,
     ) -> None:
+        """Q-3: the weekly cron is due at 09:00 Moscow, tz-aware."""
         job = dataclasses.replace(WEEKLY_REPORT)  # the worker's own stays untouched
         # 08:59 Moscow is 05:59 UTC: not yet; the next run is 09:00 Moscow.
         job.calculate_next(datetime(2025, 1, 13, 5, 59, tzinfo=UTC).astimezone(MSK))
@@ -637,6 +641,7 @@ class TestCron:
         assert job.next_run == datetime(2025, 1, 20, 9, 0, tzinfo=MSK)
 
     async def test_the_worker_registers_it_in_the_business_zone(self) -> None:
+        """Q-3: the worker runs the weekly cron in Europe/Moscow."""
         settings = Settings(_env_file=None, redis_url=REDIS_URL)
         worker = build_worker(settings, BusinessRules(), handle_signals=False)
         try:

@@ -552,6 +552,7 @@ class TestOtherEvents:
     async def test_media_gets_a_polite_request_for_text_and_no_qualifier_call(
         self, client: Conversation, qualifier: CountingQualifier
     ) -> None:
+        """TG-5: media gets a 'please type' reply, no model call, no state change."""
         await client.say("Я Анна")
         asked_before = (await client.state()).asked
         calls = qualifier.calls
@@ -593,6 +594,7 @@ class TestOtherEvents:
     async def test_the_senders_own_contact_gives_the_phone(
         self, client: Conversation
     ) -> None:
+        """TG-5: a shared contact gives the phone in E.164."""
         await client.say("Я Анна, хочу маникюр завтра в 11")
 
         turn = await client.send(
@@ -698,6 +700,7 @@ class TestOtherEvents:
     async def test_statuses_and_blocks_are_no_dialog_turn(
         self, client: Conversation, redis: Redis, key_prefix: str, kind: InboundKind
     ) -> None:
+        """WA-2: a status makes no dialog turn and stores nothing."""
         turn = await client.send(kind, status="delivered")
 
         assert turn == DialogTurn()

@@ -439,6 +439,7 @@ class TestRouting:
     async def test_statuses_go_to_the_reminders_and_blocks_nowhere(
         self, chain: Chain
     ) -> None:
+        """WA-2: a status reaches the reminders only and sends nothing."""
         status = chain.message(
             InboundKind.STATUS, "whatsapp", status="read", provider_message_id="w1"
         )

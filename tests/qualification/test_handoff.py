@@ -579,6 +579,8 @@ class TestCrmModes:
 
 
 class TestSamePersonOnTwoChannels:
+    """B24-6: parallel hand-offs of one person make one contact and one deal."""
+
     async def test_b24_6_telegram_and_whatsapp_at_once_make_one_contact_one_deal(
         self, desk: Desk
     ) -> None:

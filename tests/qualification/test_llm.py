@@ -401,6 +401,8 @@ class TestInstructionsInClientText:
 
 
 class TestRefusal:
+    """LLM-1: a refusal is not parsed as structured output."""
+
     async def test_a_refusal_is_not_parsed_and_the_rules_answer(
         self, qualifier: LlmQualifier, endpoint: respx.Route
     ) -> None:
@@ -424,6 +426,8 @@ class TestRefusal:
 
 
 class TestInvalidOutput:
+    """LLM-2: whitespace, truncated or fenced JSON never escapes as an error."""
+
     async def test_whitespace_is_retried_once_then_the_rules_answer(
         self, qualifier: LlmQualifier, endpoint: respx.Route
     ) -> None:
@@ -522,6 +526,8 @@ class TestInvalidOutput:
 
 
 class TestTransport:
+    """LLM-3: 429, 5xx and slow models: bounded retries and a turn deadline."""
+
     async def test_429_waits_for_retry_after_then_succeeds(
         self, qualifier: LlmQualifier, endpoint: respx.Route, sleeps: Sleeps
     ) -> None:
@@ -632,6 +638,8 @@ class TestTransport:
 
 
 class TestCallTimeoutOverARealSocket:
+    """LLM-3: a server that never answers hits the per-call timeout."""
+
     async def test_a_server_that_never_answers_times_out_per_call(
         self, http: httpx.AsyncClient, sleeps: Sleeps
     ) -> None:

@@ -6,6 +6,8 @@ from qualification.phones import Phone, find_phones, normalize_phone
 
 
 class TestNormalizePhone:
+    """PH-1: Russian and foreign numbers normalised to E.164."""
+
     @pytest.mark.parametrize(
         ("raw", "e164"),
         [

@@ -125,6 +125,7 @@ class TestConfirm:
     async def test_a_tap_the_webhook_answered_is_not_answered_again(
         self, portal: Portal, reminders: Reminders, wire: Wire
     ) -> None:
+        """TG-3: one answerCallbackQuery per callback id."""
         # Known fault TG-3: one answer per callback id. The webhook route answered
         # this one in its acknowledgement, which Telegram runs before any job.
         deal_id = await reminded(portal, reminders)
@@ -157,6 +158,7 @@ class TestConfirm:
     async def test_a_second_tap_changes_nothing_twice(
         self, portal: Portal, reminders: Reminders, wire: Wire
     ) -> None:
+        """TG-3: a second tap on the same button repeats no action."""
         # Known fault TG-3: the client saw nothing happen and tapped again.
         deal_id = await reminded(portal, reminders)
         data = callback_data("confirm", deal_id, STAMP)

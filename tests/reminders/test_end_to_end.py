@@ -292,6 +292,7 @@ class TestTelegram:
     async def test_a_booking_reminds_and_a_confirm_tap_confirms_the_deal(
         self, salon: Salon, log_buffer: io.StringIO
     ) -> None:
+        """TG-3: the tap is answered once, in the webhook's acknowledgement."""
         deal_id = await salon.book()
         await salon.remember(deal_id, "telegram", TELEGRAM_CHAT)
         [added] = await salon.events_delivered()

@@ -379,6 +379,8 @@ class TestWhatsAppReminder:
 
 
 class TestTelegramErrors:
+    """TG-4: a blocked bot marks the chat unreachable; other reminders still go."""
+
     async def test_a_blocked_bot_marks_the_chat_and_asks_the_manager_to_call(
         self,
         portal: Portal,

@@ -114,6 +114,7 @@ class TestReconcile:
         assert await reminder_jobs.reconcile(ctx) == 0
 
     def test_runs_every_few_minutes_in_the_business_zone(self) -> None:
+        """Q-3: the next run stays tz-aware across a month boundary."""
         # Known fault Q-3: the next run keeps its time zone across the hour.
         cron = reminder_jobs.reconcile_cron(
             make_rules("[reminders]\nreconcile_minutes = 15\n")
@@ -152,6 +153,7 @@ class TestFireJob:
         reminders: Reminders,
         rules: BusinessRules,
     ) -> None:
+        """B24-2: when the client's retries run out, arq re-queues with a delay."""
         deal_id = portal.book()
         # More 502 pages than the client's own retries ride out.
         portal.fault("bitrix24", method="crm.deal.get", kind="html", times=10)
@@ -181,6 +183,8 @@ class TestWatchJob:
 
 
 class TestFunctions:
+    """Q-1: reminder jobs keep no arq result that could block their job ids."""
+
     def test_no_reminder_job_keeps_a_result(self) -> None:
         # Known fault Q-1: a kept result blocks re-using the job id.
         for function in reminder_jobs.functions():

@@ -145,6 +145,7 @@ class TestJobIds:
         redis: ArqRedis,
         keys: ReminderKeys,
     ) -> None:
+        """Q-1: a kept arq result does not stop a reminder from being scheduled."""
         # Known fault Q-1: arq's enqueue_job answers None while a result is kept.
         deal_id = portal.book()
         job_id = keys.job_id(deal_id, STAMP, "2h")

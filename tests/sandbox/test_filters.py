@@ -385,6 +385,7 @@ class TestBooleanUserFields:
     def test_batched_pages_with_the_python_literal_come_back_empty(
         self, portal: RunningSandbox
     ) -> None:
+        """B24-1: the sandbox, like Bitrix24, matches nothing for a literal True."""
         # Known fault B24-1: fast-bitrix24 sends `True` inside batch commands.
         result = portal.result(
             "batch",

@@ -571,6 +571,7 @@ class TestDelivery:
     def test_a_whole_payload_is_serialised_and_signed_as_meta_does(
         self, wa: RunningSandbox, receiver: Receiver
     ) -> None:
+        """WA-1: the sandbox signs the case's payload exactly as Meta does."""
         # Case WA-1 (known faults): these bytes and this signature are Meta's.
         configure(wa, webhook_url=receiver.url, app_secret="test_app_secret")
 

@@ -113,6 +113,8 @@ def handled(logs: Logs) -> list[tuple[str, int, str, int]]:
 
 @pytest.mark.slow
 class TestWorkerCrash:
+    """Q-2: a worker killed mid-event; the event runs again, exactly once."""
+
     async def test_q2_an_event_killed_mid_handler_runs_on_retry_exactly_once(
         self,
         inbox: Inbox,
@@ -232,6 +234,8 @@ def tasks(portal: RunningSandbox) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 class TestHandOffCrash:
+    """Q-2: a worker killed after the portal made the deal; no second deal."""
+
     async def test_q2_a_worker_killed_after_the_portal_made_the_deal_makes_no_second(
         self,
         portal: RunningSandbox,

@@ -44,6 +44,7 @@ class TestInbox:
     async def test_a_new_event_is_stored_queued_and_remembered_for_a_week(
         self, inbox: Inbox, redis: ArqRedis, keys: InboxKeys, queue: str
     ) -> None:
+        """TG-1: the de-duplication mark of an update lives for a week."""
         message = text_message("700000100")
 
         assert await inbox.accept(message) is True
@@ -57,6 +58,7 @@ class TestInbox:
     async def test_a_repeat_is_refused_and_queues_nothing(
         self, inbox: Inbox, redis: ArqRedis, queue: str
     ) -> None:
+        """TG-1: a repeated update queues nothing."""
         await inbox.accept(text_message("700000101"))
 
         assert await inbox.accept(text_message("700000101")) is False
@@ -95,6 +97,7 @@ class TestInbox:
         queue: str,
         run_worker: RunWorker,
     ) -> None:
+        """Q-1: no kept result blocks the chat's next job."""
         recorder = Recorder()
         await inbox.accept(text_message("700000104"))
         [first_job] = await redis.zrange(queue, 0, -1)
@@ -267,6 +270,7 @@ class TestAcknowledgement:
     async def test_the_route_answers_in_milliseconds_with_real_redis(
         self, open_api: OpenApi, redis: ArqRedis, queue: str
     ) -> None:
+        """TG-1: the webhook only enqueues, so it answers in milliseconds."""
         durations = []
 
         async with open_api() as api:

@@ -220,6 +220,7 @@ class TestRoute:
     async def test_a_button_press_is_answered_in_the_acknowledgement(
         self, open_api: OpenApi
     ) -> None:
+        """TG-3: a callback query is answered in the webhook's 200 response."""
         async with open_api() as api:
             response = await api.post(
                 "/webhooks/telegram",
@@ -260,6 +261,7 @@ class TestRoute:
     async def test_malformed_json_gets_400_not_500(
         self, open_api: OpenApi, redis: ArqRedis, queue: str
     ) -> None:
+        """TG-2: a malformed body gets 400, not 500."""
         async with open_api() as api:
             response = await api.post(
                 "/webhooks/telegram",
@@ -311,6 +313,7 @@ class TestKnownFaults:
     async def test_tg1_the_same_update_three_times_is_handled_once(
         self, open_api: OpenApi, run_worker: RunWorker, redis: ArqRedis, queue: str
     ) -> None:
+        """TG-1: one update POSTed three times gets 200 each time, handled once."""
         body = update(
             700000001,
             message=private_message(text="Хочу консультацию по внедрению CRM"),
@@ -332,6 +335,7 @@ class TestKnownFaults:
     async def test_tg2_unexpected_updates_get_200_and_a_line_on_their_own_logger(
         self, open_api: OpenApi, logs: Logs, redis: ArqRedis, queue: str
     ) -> None:
+        """TG-2: unsupported updates get 200 and are logged as ignored, by kind."""
         channel_post = update(
             700000010,
             channel_post={
@@ -374,6 +378,7 @@ class TestKnownFaults:
         redis: ArqRedis,
         keys: InboxKeys,
     ) -> None:
+        """TG-2: my_chat_member 'kicked' marks the chat unreachable."""
         blocked = load_fixture("telegram/my_chat_member_blocked.json")
         reachability = Reachability(redis, keys=keys)
 
@@ -396,6 +401,8 @@ class TestKnownFaults:
         redis: ArqRedis,
         keys: InboxKeys,
     ) -> None:
+        """TG-2: a failure after enqueueing never reaches Telegram as a 5xx."""
+
         async def broken(message: InboundMessage) -> None:
             raise RuntimeError("the dialog is down")
 
@@ -414,6 +421,7 @@ class TestKnownFaults:
     async def test_tg5_sticker_voice_and_contact_arrive_without_text(
         self, open_api: OpenApi, run_worker: RunWorker
     ) -> None:
+        """TG-5: sticker, voice and contact updates without text get 200."""
         sticker = {
             "file_id": "CAACAgIAAxk-fake",
             "file_unique_id": "AgAD-fake1",

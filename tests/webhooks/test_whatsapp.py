@@ -165,6 +165,7 @@ class TestParse:
         assert message.sender_name == "Test Name"
 
     def test_a_status_is_never_a_client_message(self) -> None:
+        """WA-2: a status is parsed as a status, never as a client message."""
         [message] = whatsapp.parse(load_fixture("whatsapp/status_read.json")).messages
 
         assert message.kind is InboundKind.STATUS
@@ -215,6 +216,7 @@ class TestParse:
         ]
 
     def test_one_broken_item_does_not_cost_the_others(self) -> None:
+        """WA-2: a malformed status does not cost the message beside it."""
         broken_status = {"status": "read", "timestamp": "1736755301"}
         payload = notification(
             {
@@ -249,6 +251,8 @@ class TestParse:
 
 
 class TestSignature:
+    """WA-1: the HMAC is computed over the raw bytes, not a re-serialised body."""
+
     def test_wa1_the_raw_bytes_match_metas_signature(self) -> None:
         assert whatsapp.signature_matches(b"test_app_secret", WA1_BODY, WA1_SIGNATURE)
 
@@ -278,6 +282,7 @@ class TestHandshake:
     async def test_wa1_the_challenge_comes_back_as_plain_text_without_a_signature(
         self, open_api: OpenApi
     ) -> None:
+        """WA-1: the GET handshake needs no signature and echoes the challenge."""
         params = {
             "hub.mode": "subscribe",
             "hub.verify_token": WHATSAPP_VERIFY_TOKEN,
@@ -343,6 +348,7 @@ class TestRoute:
     async def test_wa1_metas_exact_bytes_are_accepted_with_their_signature(
         self, open_api: OpenApi, run_worker: RunWorker
     ) -> None:
+        """WA-1: Meta's exact bytes and signature are accepted."""
         headers = {
             "Content-Type": "application/json",
             "X-Hub-Signature-256": WA1_SIGNATURE,
@@ -362,6 +368,7 @@ class TestRoute:
     async def test_wa1_cyrillic_and_emoji_bytes_sent_unescaped_verify(
         self, open_api: OpenApi, run_worker: RunWorker
     ) -> None:
+        """WA-1: unescaped UTF-8 bytes verify too."""
         text = "Здравствуйте! Хочу записаться 💅 на субботу"
         body = compact(
             notification({"messages": [text_message("wamid.E1", "79990000001", text)]})
@@ -380,6 +387,7 @@ class TestRoute:
     async def test_wa1_a_reserialised_body_with_the_original_signature_gets_403(
         self, open_api: OpenApi, redis: ArqRedis, queue: str
     ) -> None:
+        """WA-1: a re-serialised body fails the check closed."""
         body = json.dumps(json.loads(WA1_BODY)).encode()
         headers = {
             "Content-Type": "application/json",
@@ -397,6 +405,7 @@ class TestRoute:
     async def test_wa1_one_changed_byte_gets_403(
         self, open_api: OpenApi, redis: ArqRedis, queue: str
     ) -> None:
+        """WA-1: one changed byte fails the check closed."""
         body = WA1_BODY.replace(b"TEST0001", b"TEST0002")
         headers = {
             "Content-Type": "application/json",
@@ -415,6 +424,7 @@ class TestRoute:
     async def test_wa1_a_missing_signature_gets_401(
         self, open_api: OpenApi, redis: ArqRedis, queue: str
     ) -> None:
+        """WA-1: a missing signature header gets 401."""
         async with open_api() as api:
             response = await api.post(
                 "/webhooks/whatsapp",
@@ -487,6 +497,8 @@ class TestRoute:
 
 
 class TestKnownFaults:
+    """WA-2: statuses apart from messages; one bad item loses nothing else."""
+
     async def test_wa2_a_statuses_only_payload_records_ours_and_ignores_the_rest(
         self,
         open_api: OpenApi,

@@ -60,6 +60,8 @@ async def stored(redis: Redis, key_prefix: str) -> OAuthTokens:
 
 
 class TestOAuthAgainstTheSandbox:
+    """B24-3: expired_token mid-job: one refresh, one replay, no loop."""
+
     async def test_an_expired_token_is_refreshed_once_and_the_call_replayed(
         self,
         portal: RunningSandbox,
@@ -178,6 +180,8 @@ class TestOAuthAgainstTheSandbox:
 
 
 class TestTokenRequestOnTheWire:
+    """B24-3: the new refresh token is saved before the call is replayed."""
+
     async def test_the_refresh_goes_to_the_tokens_auth_server_and_is_saved_first(
         self, redis: Redis, key_prefix: str
     ) -> None:

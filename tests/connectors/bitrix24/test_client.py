@@ -226,6 +226,7 @@ class TestBatch:
     async def test_a_batched_filter_means_what_the_direct_call_means(
         self, client: Bitrix24Client, mock: respx.MockRouter
     ) -> None:
+        """B24-1: a boolean filter is sent as Y both in a direct call and in a batch."""
         direct = mock.post("crm.deal.list").mock(return_value=ok([]))
         batch = mock.post("batch").mock(return_value=ok({"result": {"p50": []}}))
         params = {
@@ -332,6 +333,7 @@ class TestRetries:
     async def test_rate_limits_and_an_html_page_are_retried_with_growing_delays(
         self, client: Bitrix24Client, mock: respx.MockRouter, sleeps: Sleeps
     ) -> None:
+        """B24-2: two 503s and an HTML 502 are retried with growing delays."""
         # Known fault B24-2: two 503s, an HTML 502, then the answer.
         route = mock.post("crm.duplicate.findbycomm").mock(
             side_effect=[
@@ -353,6 +355,7 @@ class TestRetries:
     async def test_jitter_adds_at_most_half_of_each_delay(
         self, portal_http: httpx.AsyncClient, mock: respx.MockRouter, sleeps: Sleeps
     ) -> None:
+        """B24-2: the backoff is jittered."""
         client = Bitrix24Client(
             portal_http,
             WebhookCredentials(PORTAL),
@@ -371,6 +374,7 @@ class TestRetries:
     async def test_retries_stop_after_five_attempts_with_a_typed_error(
         self, client: Bitrix24Client, mock: respx.MockRouter, sleeps: Sleeps
     ) -> None:
+        """B24-2: at most five attempts, then the typed error RateLimited."""
         route = mock.post("crm.deal.list").mock(
             return_value=httpx.Response(503, json=QUERY_LIMIT)
         )
@@ -480,6 +484,7 @@ class TestRetries:
         code: str,
         expected: type[Bitrix24Error],
     ) -> None:
+        """B24-3: in webhook mode a 401 is a configuration error and is not retried."""
         route = mock.post("crm.deal.list").mock(
             return_value=httpx.Response(401, json={"error": code})
         )
@@ -914,6 +919,7 @@ class TestAgainstTheSandbox:
     async def test_an_html_error_page_on_a_read_is_retried(
         self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
     ) -> None:
+        """B24-2: an HTML error page is a retryable transport error."""
         portal.http.post(
             "/_sandbox/faults", json={"method": "server.time", "kind": "html"}
         ).raise_for_status()

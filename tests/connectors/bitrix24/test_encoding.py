@@ -68,6 +68,7 @@ class TestScalars:
     def test_aware_datetimes_become_portal_local_naive_strings(
         self, encoder: Encoder
     ) -> None:
+        """B24-4: an aware datetime goes out as a naive portal-local string."""
         utc_evening = datetime(2025, 1, 5, 21, 0, tzinfo=UTC)
         vladivostok = datetime(2025, 1, 6, 8, 0, tzinfo=timezone(timedelta(hours=10)))
 

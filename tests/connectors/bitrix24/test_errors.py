@@ -199,6 +199,7 @@ class TestMapError:
 
     @pytest.mark.parametrize("status", [200, 500, 502, 503, 504])
     def test_an_html_page_is_unavailable_not_a_crash(self, status: int) -> None:
+        """B24-2: a text/html error body maps to Unavailable instead of crashing."""
         error = map_error(status, None, method="crm.deal.add")
 
         assert type(error) is Unavailable

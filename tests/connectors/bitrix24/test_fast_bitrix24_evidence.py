@@ -311,7 +311,7 @@ class TestTwoPullsAtOnce:
 
 
 class TestBooleanFilter:
-    """Three hundred deals, every other one hot (a boolean user field)."""
+    """B24-1: three hundred deals, every other one hot (a boolean user field)."""
 
     @staticmethod
     def load(portal: RunningSandbox) -> None:

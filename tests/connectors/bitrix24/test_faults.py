@@ -165,6 +165,8 @@ async def hooked_http(wire: Wire) -> AsyncIterator[Callable[[Hook], httpx.AsyncC
 
 
 class TestQueryLimitBursts:
+    """B24-2: bursts of QUERY_LIMIT_EXCEEDED are waited out or end in RateLimited."""
+
     async def test_a_burst_on_a_pull_is_waited_out_and_every_row_arrives_once(
         self, portal: RunningSandbox, http: httpx.AsyncClient
     ) -> None:
@@ -270,6 +272,8 @@ class TestTimeoutAfterTheWrite:
 
 
 class TestOAuthTokens:
+    """B24-3: an expired token is refreshed once; a revoked one fails loudly."""
+
     @staticmethod
     async def oauth_client(
         portal: RunningSandbox,

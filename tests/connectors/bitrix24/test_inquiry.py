@@ -158,6 +158,7 @@ class TestOpenInquiry:
         wire: Wire,
         portal: RunningSandbox,
     ) -> None:
+        """PH-1: the contact's PHONE is sent as a list of VALUE/VALUE_TYPE dicts."""
         opened = await open_inquiry(writer, locks, new_inquiry())
 
         assert opened == OpenedInquiry(

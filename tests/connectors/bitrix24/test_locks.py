@@ -25,6 +25,7 @@ class TestNames:
     def test_every_spelling_of_a_phone_names_the_same_lock(
         self, locks: ContactLocks, spelling: str
     ) -> None:
+        """B24-6, PH-1: every spelling of one phone takes the same contact lock."""
         assert normalise_phone(spelling) == "+79990000001"
         assert locks.name_for_phone(spelling) == locks.name_for_phone("+79990000001")
 

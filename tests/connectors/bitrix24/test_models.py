@@ -102,6 +102,7 @@ class TestDeal:
         ],
     )
     def test_money_is_an_exact_decimal(self, sent: object, amount: Decimal) -> None:
+        """B24-5: money strings are parsed into exact Decimals."""
         deal = Deal.model_validate(a_deal(OPPORTUNITY=sent))
 
         assert deal.opportunity == amount
@@ -166,6 +167,7 @@ class TestDeal:
             validate_row(Deal, a_deal(CLOSED=sent))
 
     def test_a_money_custom_field_reads_amount_and_currency(self) -> None:
+        """B24-5: an `amount|CURRENCY` field splits in two; an empty one is None."""
         deal = Deal.model_validate(
             a_deal(UF_CRM_PAID="1500.00|RUB", UF_CRM_NONE="", UF_CRM_AT="")
         )

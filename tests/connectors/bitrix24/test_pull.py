@@ -99,6 +99,7 @@ class TestPullAgainstTheSandbox:
     async def test_a_boolean_filter_goes_out_as_y_on_every_page(
         self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
     ) -> None:
+        """B24-1: every batched page carries the boolean filter as Y."""
         # Known fault B24-1: page 1 and the batched pages must filter alike.
         portal.load({"deals": deals(range(1, 3001))})
 
@@ -303,6 +304,7 @@ class TestPullOnTheWire:
     async def test_pages_are_chained_on_the_last_id_of_the_page_before(
         self, mocked_client: Bitrix24Client, mock: respx.MockRouter
     ) -> None:
+        """B24-1: a boolean user field is sent as 1 on each chained page."""
         fields = {**DEAL_FIELDS, "UF_CRM_IS_HOT": HOT}
         mock.post("crm.deal.fields").respond(200, json={"result": fields, "time": {}})
         batch = mock.post("batch").mock(
@@ -403,6 +405,7 @@ class TestPullOnTheWire:
         pages: dict[str, Any],
         reason: str,
     ) -> None:
+        """B24-1: pages that cannot be trusted raise IncompletePull, not a warning."""
         mock.post("crm.deal.fields").respond(
             200, json={"result": DEAL_FIELDS, "time": {}}
         )

@@ -122,6 +122,7 @@ class TestFindContactsByPhones:
     async def test_sixty_phones_take_two_requests_of_at_most_fifty(
         self, contacts: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
     ) -> None:
+        """B24-2: many phone lookups go out as batches of at most 50 commands."""
         phones = [f"+7999111{n:04d}" for n in range(58)] + ["+79990000001"] * 2
         phones += ["+79990000003", "+79990000002"]
 
@@ -131,6 +132,23 @@ class TestFindContactsByPhones:
         assert found["+79990000003"] == [7]
         assert sum(1 for ids in found.values() if ids) == 3
         assert [len(body["cmd"]) for body in wire.bodies("/batch")] == [50, 11]
+
+    async def test_a_thousand_phones_take_twenty_full_batches_and_none_is_skipped(
+        self, contacts: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire
+    ) -> None:
+        """B24-2: the maintenance job's 1,000 lookups: one value a command (the
+        method reads at most 20), 50 commands a batch, every phone answered."""
+        phones = [f"+7999222{n:04d}" for n in range(997)]
+        phones += ["+79990000001", "+79990000002", "+79990000003"]
+
+        found = await find_contacts_by_phones(webhook_client, phones)
+
+        assert set(found) == set(phones)
+        assert found["+79990000003"] == [7]
+        assert sum(1 for ids in found.values() if ids) == 3
+        bodies = wire.bodies("/batch")
+        assert [len(body["cmd"]) for body in bodies] == [50] * 20
+        assert wire.bodies("/crm.duplicate.findbycomm") == []
 
     async def test_no_phones_or_blank_ones_ask_nothing(
         self, portal: RunningSandbox, webhook_client: Bitrix24Client, wire: Wire

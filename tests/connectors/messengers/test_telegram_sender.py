@@ -136,6 +136,7 @@ class TestSendText:
     async def test_one_blocked_chat_does_not_stop_the_others(
         self, sender: TelegramSender, tg: RunningSandbox
     ) -> None:
+        """TG-4: a 403 from one blocked chat does not stop the other sends."""
         add_fault(tg, "telegram", kind="blocked", recipient=OTHER_CHAT)
         outcomes: list[str] = []
 
@@ -185,6 +186,7 @@ class TestAnswerCallback:
     async def test_a_query_too_old_is_a_warning_and_false(
         self, sender: TelegramSender
     ) -> None:
+        """TG-3: 'query is too old' is logged as a warning and swallowed."""
         with capture_logs() as logs:
             answered = await sender.answer_callback("4382000000000000001")
 
