@@ -651,6 +651,41 @@ class TestCron:
         finally:
             await worker.close()
 
+    @pytest.mark.parametrize("process_zone", ["UTC", "Pacific/Auckland"])
+    async def test_the_process_zone_changes_nothing(
+        self, monkeypatch: pytest.MonkeyPatch, process_zone: str
+    ) -> None:
+        """Q-3: a container on UTC (or anywhere) still posts Monday 09:00 Moscow."""
+        monkeypatch.setenv("TZ", process_zone)
+        time.tzset()
+        try:
+            assert datetime.now().astimezone().tzinfo != MSK  # arq's default zone
+            settings = Settings(_env_file=None, redis_url=REDIS_URL)
+            worker = build_worker(settings, BusinessRules(), handle_signals=False)
+            try:
+                assert worker.timezone == MSK
+                [job] = [
+                    dataclasses.replace(job)
+                    for job in worker.cron_jobs
+                    if job.name == "kpi.weekly_report"
+                ]
+                # As arq asks: "now" in the worker's zone, whatever the process's.
+                job.calculate_next(datetime.now(tz=worker.timezone))
+            finally:
+                await worker.close()
+        finally:
+            monkeypatch.undo()  # TZ as it was, for the rest of the run
+            time.tzset()
+
+        assert job.next_run is not None
+        assert job.next_run.tzinfo == MSK
+        assert (job.next_run.weekday(), job.next_run.hour, job.next_run.minute) == (
+            0,
+            9,
+            0,
+        )
+        assert job.next_run - datetime.now(UTC) <= timedelta(days=7)
+
     def test_retries_back_off_to_half_an_hour(self) -> None:
         delays = [retry_delay(job_try) for job_try in range(1, 9)]
         assert delays[:3] == [timedelta(minutes=m) for m in (1, 2, 4)]
