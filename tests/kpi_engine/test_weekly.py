@@ -12,15 +12,18 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from arq import Retry
 from arq.cron import cron
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
+from app.clients import open_clients
 from app.config import BusinessRules
 from app.settings import Settings
 from app.worker import build_worker
@@ -743,6 +746,80 @@ class TestCron:
         assert post["TITLE"].endswith(f"({week})")
         assert adds(feed) == 1
         assert sum(worker.jobs_complete for worker in workers) == 1
+
+
+class TestTheJobOnABadPortal:
+    """The job itself (`weekly_report`) when the portal cannot be read."""
+
+    UNTRUSTED_PAGES: ClassVar[dict[str, Any]] = {
+        "result": {
+            # Rows out of id order, on every batch: no pull can prove it saw all.
+            "result": {"p0": [{"ID": "2"}, {"ID": "1"}]},
+            "result_error": [],
+            "result_total": [],
+            "result_next": [],
+            "result_time": [],
+        },
+        "time": {},
+    }
+
+    @pytest.fixture
+    async def ctx(
+        self, feed: RunningSandbox, redis: Redis
+    ) -> AsyncIterator[dict[str, Any]]:
+        settings = Settings(
+            _env_file=None,
+            redis_url=REDIS_URL,
+            bitrix24_webhook_url=SecretStr(feed.webhook),
+        )
+        clients = open_clients(REDIS_URL)
+        scheduled = datetime.now(UTC)
+        week = week_label(week_just_ended(scheduled, MSK)[0])
+        try:
+            yield {
+                "settings": settings,
+                "rules": BusinessRules(),
+                "clients": clients,
+                "enqueue_time": scheduled,
+                "job_try": 1,
+            }
+        finally:
+            await clients.aclose()
+            keys = [
+                k async for k in redis.scan_iter(match=f"leadloop:kpi:weekly:{week}:*")
+            ]
+            if keys:
+                await redis.delete(*keys)
+
+    async def test_a_pull_that_cannot_be_trusted_posts_nothing_and_is_retried(
+        self, feed: RunningSandbox, ctx: dict[str, Any]
+    ) -> None:
+        """B24-1: no KPI from a short pull; the job comes back and then posts once."""
+        feed.http.post(
+            "/_sandbox/faults",
+            json={
+                "method": "batch",
+                "kind": "status",
+                "status": 200,
+                "body": self.UNTRUSTED_PAGES,
+                "times": 1000,
+            },
+        ).raise_for_status()
+
+        with capture_logs() as logs, pytest.raises(Retry) as retried:
+            await weekly_report(ctx)
+
+        assert retried.value.defer_score == 60_000  # ms: the first retry, 1 minute
+        assert posts(feed) == []
+        assert adds(feed) == 0
+        assert [
+            line["error"] for line in logs if line["event"] == "kpi.weekly_retry"
+        ] == ["IncompletePull"]
+        # The portal reads again: the retry posts the report, once.
+        feed.http.delete("/_sandbox/faults").raise_for_status()
+        post_id = await weekly_report({**ctx, "job_try": 2})
+        assert post_id is not None
+        assert len(posts(feed)) == 1
 
 
 async def _until(condition: Any, *, seconds: float) -> None:
