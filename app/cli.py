@@ -127,10 +127,11 @@ REDIS_RETRY_RESET_S = 60.0
 def worker() -> None:
     """Run the arq worker: jobs and the cron table.
 
-    It runs LEADLOOP_WORKER_MAX_JOBS jobs at once (default 50) and serves its
-    Prometheus metrics on LEADLOOP_WORKER_METRICS_PORT when that is set. When Redis
-    goes away it starts again by itself, after 1 s doubling up to 30 s; SIGTERM or
-    Ctrl-C stops it.
+    It takes jobs from the Redis at LEADLOOP_REDIS_URL with the rules of
+    LEADLOOP_CONFIG, runs LEADLOOP_WORKER_MAX_JOBS jobs at once (default 50) and
+    serves its Prometheus metrics on LEADLOOP_WORKER_METRICS_PORT when that is set.
+    When Redis goes away it starts again by itself, after 1 s doubling up to 30 s;
+    SIGTERM or Ctrl-C stops it.
     """
     settings = get_settings()
     rules = _prepare(settings)

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from connectors.messengers.base import messenger_client
 
@@ -58,6 +58,10 @@ def redis_client(redis_url: str) -> ArqRedis:
     return client
 
 
+# What ping_redis says when Redis answers but refuses the URL's user or password.
+REDIS_AUTH_REFUSED = "it refused the user or password (AuthenticationError)"
+
+
 async def ping_redis(redis: ArqRedis) -> str | None:
     """None when Redis answers PING, otherwise why not (without the URL)."""
     try:
@@ -65,6 +69,8 @@ async def ping_redis(redis: ArqRedis) -> str | None:
             await redis.ping()
     except TimeoutError:
         return "timed out"
+    except AuthenticationError:
+        return REDIS_AUTH_REFUSED
     except (RedisError, OSError) as exc:
         return f"unreachable ({type(exc).__name__})"
     return None

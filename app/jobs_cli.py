@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from app.clients import redis_client
 from app.failed_jobs import FailedJobs, NotFailed, failed_jobs_table
 from app.settings import get_settings
+from webhooks.inbound import CHANNELS
 from webhooks.keys import InboxKeys
 from webhooks.setaside import EventGone, NotSetAside, SetAside, set_aside_table
 
@@ -35,7 +36,13 @@ def jobs() -> None:
 
 
 @jobs.command(name="failed")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="How many of each (jobs, events) to list.",
+)
 @click.option(
     "--format",
     "form",
@@ -111,12 +118,23 @@ def retry(
 
 
 def _put_back(ref: str, key_prefix: str) -> None:
+    channel, colon, event_id = ref.partition(":")
+    if not colon or not event_id:
+        raise click.BadParameter(
+            f"{ref!r}: give it as CHANNEL:EVENT_ID (e.g. telegram:700000001), as the "
+            "EVENT column of `leadloop jobs failed` shows it",
+            param_hint="--event",
+        )
+    if channel not in CHANNELS:
+        raise click.BadParameter(
+            f"unknown channel {channel!r}: one of {', '.join(CHANNELS)}",
+            param_hint="--event",
+        )
     try:
         job_id = _run_aside(lambda store: store.put_back(ref), key_prefix)
     except NotSetAside:
         raise click.ClickException(
-            f"no set-aside event {ref}: give it as CHANNEL:EVENT_ID, as the EVENT "
-            "column of `leadloop jobs failed` shows it"
+            f"no set-aside event {ref} (`leadloop jobs failed` lists them)"
         ) from None
     except EventGone as gone:
         raise click.ClickException(f"cannot put back {gone}") from None

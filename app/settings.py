@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +86,40 @@ class Settings(BaseSettings):
     # Where the internet reaches the API (https://leadloop.example.ru): `leadloop
     # setup` registers the Telegram webhook and Bitrix24 event handlers under it.
     public_url: str | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_has_a_scheme_and_host(cls, url: str) -> str:
+        parts = urlsplit(url.strip())
+        if parts.scheme == "unix" and parts.path:
+            return url.strip()
+        database = parts.path.strip("/")
+        if (
+            parts.scheme not in ("redis", "rediss")
+            or not parts.hostname
+            or (database and not database.isdigit())
+        ):
+            raise ValueError(
+                "must be a URL like redis://host:6379/0 (redis://, rediss:// with "
+                "TLS, or unix:///path/redis.sock)"
+            )
+        return url.strip()
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_a_bare_address(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None
+        base = url.strip().rstrip("/")
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an address like https://leadloop.example.ru")
+        if parts.path or parts.query or parts.fragment:
+            raise ValueError(
+                "must be the bare address (no path): the webhook routes /webhooks/… "
+                "are added to it"
+            )
+        return base
 
     @field_validator("bitrix24_webhook_url")
     @classmethod

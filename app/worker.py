@@ -74,7 +74,14 @@ async def job_ended(ctx: JobContext) -> None:
 
 
 class WorkerSettings:
-    """What every worker runs; arq reads these class attributes."""
+    """The functions, cron lines and hooks every worker has; `build_worker` completes
+    them (Redis from LEADLOOP_REDIS_URL, LEADLOOP_WORKER_MAX_JOBS, the business time
+    zone, the reminders' cron, failed-job records).
+
+    Start workers with `leadloop worker`. arq's own command on this class
+    (`arq app.worker.WorkerSettings`) would miss all of that: it would use
+    localhost:6379/0, arq's 10 jobs and the server's time zone.
+    """
 
     functions = (
         ping,

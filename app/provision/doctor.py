@@ -27,6 +27,7 @@ from openai import (
     PermissionDeniedError,
 )
 from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import RedisError
 
 from app.clients import redact_url
@@ -438,6 +439,16 @@ async def _redis(settings: Settings, redis: Redis) -> Check:
             await redis.ping()
             server = await redis.info("server")
             persistence = await redis.info("persistence")
+    except RedisAuthenticationError:
+        return Check(
+            name,
+            Health.PROBLEM,
+            f"Redis at {where} answers but refuses the user or password "
+            "(AuthenticationError): no job is queued and webhooks answer 503",
+            "correct the user and password in LEADLOOP_REDIS_URL "
+            "(redis://user:password@host:6379/0), or leave them out for a Redis "
+            "without a password",
+        )
     except (TimeoutError, RedisError, OSError) as error:
         return Check(
             name,

@@ -209,6 +209,25 @@ class TestSandbox:
 
 
 class TestRun:
+    def test_a_redis_that_refuses_the_password_is_not_called_down(
+        self, sandbox_calls: list[FakeSandboxOptions], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The test Redis has no password: AUTH with one is refused.
+        monkeypatch.setenv(
+            "LEADLOOP_REDIS_URL", "redis://:not-the-password@127.0.0.1:6379/15"
+        )
+
+        result = CliRunner().invoke(cli.main, ["run"])
+
+        assert result.exit_code == 1
+        assert (
+            "Redis at redis://:***@127.0.0.1:6379/15 answers, but it refused the user "
+            "or password"
+        ) in result.stderr
+        assert "Correct the user and password in LEADLOOP_REDIS_URL" in result.stderr
+        assert "redis-server" not in result.stderr
+        assert "not-the-password" not in result.output
+
     def test_exits_non_zero_with_a_fix_when_redis_does_not_answer(
         self, sandbox_calls: list[FakeSandboxOptions], monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -339,6 +358,13 @@ class TestInvalidSettings:
                 "htps://salon.bitrix24.ru/rest/1/k3y5ecretc0de/",
                 "must be an http(s) URL",
             ),
+            (
+                "LEADLOOP_REDIS_URL",
+                "http://:s3cr3tpw@127.0.0.1:6379/0",
+                "must be a URL like redis://host:6379/0",
+            ),
+            ("LEADLOOP_REDIS_URL", "redis://127.0.0.1:6379/abc", "redis://host"),
+            ("LEADLOOP_PUBLIC_URL", "leadloop.salon.ru", "an address like https://"),
         ],
     )
     def test_every_command_says_which_variable_and_exits_1(

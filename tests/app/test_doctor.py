@@ -351,6 +351,27 @@ class TestDoctorOnRedis:
         assert found.summary.startswith(f"Redis at {dead} does not answer")
         assert "LEADLOOP_REDIS_URL" in found.fix
 
+    async def test_a_password_redis_refuses_is_named_as_such(
+        self, portal: RunningSandbox, upstreams: Upstreams
+    ) -> None:
+        # The test Redis has no password: AUTH with one is refused.
+        wrong = "redis://:not-the-password@127.0.0.1:6379/15"
+        settings = portal_settings(portal, redis_url=wrong)
+        redis = redis_client(wrong)
+        try:
+            diagnosis = await examine(upstreams, settings, redis)
+        finally:
+            await redis.aclose()
+
+        found = check(diagnosis, "redis")
+        assert found.health is Health.PROBLEM
+        assert found.summary.startswith(
+            "Redis at redis://:***@127.0.0.1:6379/15 answers but refuses the user or "
+            "password"
+        )
+        assert "correct the user and password in LEADLOOP_REDIS_URL" in found.fix
+        assert "not-the-password" not in found.summary + found.fix
+
     async def test_a_live_redis_reports_its_version_and_persistence(
         self, portal: RunningSandbox, upstreams: Upstreams, redis: ArqRedis
     ) -> None:

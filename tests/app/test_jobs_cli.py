@@ -372,6 +372,32 @@ class TestJobsCommand:
         assert result.exit_code == 2
         assert "give one of JOB_ID, --event or --all" in result.output
 
+    @pytest.mark.parametrize(
+        ("reference", "says"),
+        [
+            ("bogus", "give it as CHANNEL:EVENT_ID (e.g. telegram:700000001)"),
+            ("telegram:", "give it as CHANNEL:EVENT_ID"),
+            ("foo:1", "unknown channel 'foo': one of telegram, whatsapp"),
+        ],
+    )
+    def test_a_malformed_event_reference_is_a_usage_error(
+        self, prefix: str, reference: str, says: str
+    ) -> None:
+        result = leadloop("retry", "--event", reference, "--key-prefix", prefix)
+
+        assert result.exit_code == 2
+        assert says in result.output
+
+    def test_a_well_formed_reference_not_set_aside_is_said_plainly(
+        self, prefix: str
+    ) -> None:
+        result = leadloop("retry", "--event", "telegram:1", "--key-prefix", prefix)
+
+        assert result.exit_code == 1
+        assert "no set-aside event telegram:1 (`leadloop jobs failed` lists them)" in (
+            result.output
+        )
+
     def test_failed_says_so_when_the_list_is_empty(self, prefix: str) -> None:
         result = leadloop("failed", "--key-prefix", prefix)
 

@@ -175,3 +175,20 @@ class TestInvalidSettings:
         assert raised.value.__suppress_context__
         assert raised.value.__cause__ is None
         assert "k3y5ecretc0de" not in str(raised.value)
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "redis://127.0.0.1:6379/0",
+            "redis://:password@redis:6379",
+            "rediss://user:password@redis.example.ru:6380/2",
+            "unix:///run/redis/redis.sock",
+        ],
+    )
+    def test_redis_urls_of_every_kind_arq_takes_are_accepted(self, url: str) -> None:
+        assert Settings(_env_file=None, redis_url=url).redis_url == url
+
+    def test_the_public_address_loses_a_trailing_slash(self) -> None:
+        settings = Settings(_env_file=None, public_url="https://leadloop.salon.ru/")
+
+        assert settings.public_url == "https://leadloop.salon.ru"

@@ -411,6 +411,7 @@ class TestTelegramErrors:
         clock: FakeClock,
         wire: Wire,
     ) -> None:
+        """TG-2: a client who blocked the bot (marked unreachable) gets no reminder."""
         deal_id = await linked_deal(portal, reminders)
         await Reachability(redis, keys=inbox_keys).mark_unreachable(
             "telegram", TELEGRAM_CHAT
