@@ -258,6 +258,8 @@ class CrmRules(_Section):
     mode: Literal["auto", "simple", "classic"] = "auto"
     pipelines: list[Annotated[int, Field(ge=0, strict=True)]] = [0]
     visit_field: Annotated[str, BeforeValidator(_field_code)] | None = None
+    # VALUE_TYPE of the phones leadloop writes on contacts.
+    phone_type: Literal["WORK", "MOBILE", "HOME", "OTHER"] = "WORK"
     stages: StageRoles = StageRoles()
     lead_statuses: LeadStatuses = LeadStatuses()
 

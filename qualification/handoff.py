@@ -404,6 +404,7 @@ class HandOff:
             key=key,
             kind=kind,
             phone=identity.phone,
+            phone_type=self._rules.crm.phone_type,
             im=identity.im,
             contact=self._contact_fields(lead, manager),
             fields=self._record_fields(lead, kind, manager, summary),
@@ -504,7 +505,7 @@ class HandOff:
             row = _holding(identity.phones[:1], identity.im)
         elif row is None:
             row = await self._batcher.call("crm.contact.get", {"id": done.contact_id})
-        fields = _missing_multifields(row, identity)
+        fields = _missing_multifields(row, identity, self._rules.crm.phone_type)
         if not fields:
             return
         await self._batcher.call(
@@ -779,7 +780,7 @@ def _im_holders(answer: Any, im: tuple[str, str] | None) -> set[int]:
 
 
 def _missing_multifields(
-    row: Any, identity: Identity
+    row: Any, identity: Identity, phone_type: str
 ) -> dict[str, list[dict[str, str]]]:
     row = row if isinstance(row, Mapping) else {}
     held_phones = set()
@@ -800,7 +801,9 @@ def _missing_multifields(
     phones = [p for p in identity.phones if p not in held_phones]
     if phones:
         # Without an ID a multifield value is added; the others stay (reference §7.3).
-        fields["PHONE"] = [{"VALUE": phone, "VALUE_TYPE": "MOBILE"} for phone in phones]
+        fields["PHONE"] = [
+            {"VALUE": phone, "VALUE_TYPE": phone_type} for phone in phones
+        ]
     if identity.im is not None and identity.im not in held_im:
         fields["IM"] = [{"VALUE": identity.im[1], "VALUE_TYPE": identity.im[0]}]
     return fields

@@ -48,6 +48,8 @@ IM_TYPES = frozenset(
     {"TELEGRAM", "VK", "SKYPE", "VIBER", "BITRIX24", "OPENLINE", "IMOL", "ICQ", "MSN"}
     | {"JABBER", "OTHER"}
 )
+# PHONE multifield types (VALUE_TYPE); WORK is what the portal's own form starts with.
+PHONE_TYPES = frozenset({"WORK", "MOBILE", "HOME", "FAX", "PAGER", "MAILING", "OTHER"})
 _BINDING_PREFIX = {"deal": "D_", "lead": "L_"}  # UF_CRM_TASK (reference §7.8)
 _OURS = frozenset({"ORIGINATOR_ID", "ORIGIN_ID", "XML_ID"})
 _LONGEST_SUFFIX = len(":contact")
@@ -79,6 +81,7 @@ class NewInquiry:
     key: str
     kind: RecordKind = "deal"
     phone: str | None = field(default=None, repr=False)  # E.164
+    phone_type: str = "WORK"  # its VALUE_TYPE on a new contact
     im: tuple[str, str] | None = field(default=None, repr=False)  # ("TELEGRAM", id)
     contact: Mapping[str, object] = field(default_factory=dict, repr=False)
     fields: Mapping[str, object] = field(default_factory=dict, repr=False)
@@ -95,6 +98,8 @@ class NewInquiry:
             raise ValueError("an inquiry needs a phone or a messenger identity")
         if self.phone is not None and normalise_phone(self.phone) != self.phone:
             raise ValueError("the phone must be in E.164 form (+79990000001)")
+        if self.phone_type not in PHONE_TYPES:
+            raise ValueError(f"phone_type is one of {sorted(PHONE_TYPES)}")
         if self.im is not None and (self.im[0] not in IM_TYPES or not self.im[1]):
             raise ValueError(f"im is (type, id) with a type of {sorted(IM_TYPES)}")
         _refuse(self.contact, _OURS | {"PHONE", "IM"}, "contact")
@@ -354,7 +359,9 @@ class _Chain:
     def _contact_fields(self) -> dict[str, object]:
         fields = dict(self.inquiry.contact)
         if self.inquiry.phone is not None:
-            fields["PHONE"] = [{"VALUE": self.inquiry.phone, "VALUE_TYPE": "MOBILE"}]
+            fields["PHONE"] = [
+                {"VALUE": self.inquiry.phone, "VALUE_TYPE": self.inquiry.phone_type}
+            ]
         if self.inquiry.im is not None:
             kind, value = self.inquiry.im
             fields["IM"] = [{"VALUE": value, "VALUE_TYPE": kind}]

@@ -278,7 +278,10 @@ class TestNewClient:
         done = await desk.handoff.hand_off(new)
 
         [contact] = contact_rows(desk)
-        assert [p["VALUE"] for p in contact["PHONE"]] == [PHONE]
+        # PH-1: a list of {VALUE, VALUE_TYPE}, WORK unless [crm] phone_type says else.
+        assert [(p["VALUE_TYPE"], p["VALUE"]) for p in contact["PHONE"]] == [
+            ("WORK", PHONE)
+        ]
         assert [(i["VALUE_TYPE"], i["VALUE"]) for i in contact["IM"]] == [
             ("TELEGRAM", TELEGRAM_CHAT)
         ]
@@ -500,6 +503,42 @@ class TestReturningClient:
         ]
         assert len(contact["PHONE"]) == 1
         assert done.manager_id == 17
+
+
+class TestPhoneType:
+    async def test_the_rules_choose_the_phone_type_of_new_and_added_phones(
+        self, portal: RunningSandbox, redis: Redis, key_root: str
+    ) -> None:
+        rules = salon()
+        rules = rules.model_copy(
+            update={"crm": rules.crm.model_copy(update={"phone_type": "MOBILE"})}
+        )
+        # One client already known by Telegram alone: her phone is added to her.
+        known = portal.result(
+            "crm.contact.add",
+            {
+                "fields": {
+                    "NAME": "Анна",
+                    "IM": [{"VALUE": TELEGRAM_CHAT, "VALUE_TYPE": "TELEGRAM"}],
+                }
+            },
+        )
+        desk, batcher, http = await open_desk(portal, redis, key_root, rules)
+        try:
+            done = await desk.handoff.hand_off(lead())
+        finally:
+            await batcher.aclose()
+            await http.aclose()
+
+        [contact] = contact_rows(desk)
+        assert done.contact_id == known
+        assert [(p["VALUE_TYPE"], p["VALUE"]) for p in contact["PHONE"]] == [
+            ("MOBILE", PHONE)
+        ]
+
+    def test_a_type_the_portal_does_not_know_is_refused_at_start_up(self) -> None:
+        with pytest.raises(ValueError, match="phone_type"):
+            BusinessRules.model_validate({"crm": {"phone_type": "CELL"}})
 
 
 class TestCrmModes:

@@ -186,7 +186,7 @@ class TestOpenInquiry:
 
         contact = portal.result("crm.contact.get", {"id": 1})
         assert [(i["VALUE"], i["VALUE_TYPE"]) for i in contact["PHONE"]] == [
-            ("+79990000001", "MOBILE")
+            ("+79990000001", "WORK")
         ]
         assert [(i["VALUE"], i["VALUE_TYPE"]) for i in contact["IM"]] == [
             ("100000001", "TELEGRAM")
