@@ -536,6 +536,20 @@ class TestPhoneType:
             ("MOBILE", PHONE)
         ]
 
+    async def test_an_extension_stays_off_the_phone_and_goes_into_the_deal(
+        self, desk: Desk
+    ) -> None:
+        """PH-1: "+7 999 000-00-01 доб. 123": the E.164 number on the contact (so
+        that duplicate search finds it), the extension beside it in the summary."""
+        await desk.handoff.hand_off(
+            lead().model_copy(update={"phone_extension": "123"})
+        )
+
+        [contact] = contact_rows(desk)
+        assert [p["VALUE"] for p in contact["PHONE"]] == [PHONE]
+        [deal] = deal_rows(desk)
+        assert f"Телефон: {PHONE} доб. 123" in deal["COMMENTS"].splitlines()
+
     def test_a_type_the_portal_does_not_know_is_refused_at_start_up(self) -> None:
         with pytest.raises(ValueError, match="phone_type"):
             BusinessRules.model_validate({"crm": {"phone_type": "CELL"}})
