@@ -7,16 +7,19 @@ an arq queue and key prefix of each test's own, and the app called in-process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import httpx
 import pytest
 import structlog
+import uvicorn
 from arq.connections import ArqRedis
 from arq.constants import (
     in_progress_key_prefix,
@@ -29,6 +32,7 @@ from redis.asyncio import ConnectionPool
 
 from app.clients import ping_redis
 from app.settings import get_settings
+from tests.sandbox.conftest import free_port
 
 # Database 15 keeps tests away from `make run`'s database 0; keys carry a prefix.
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -112,3 +116,23 @@ async def in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         httpx.AsyncClient(transport=transport, base_url="http://api") as client,
     ):
         yield client
+
+
+@asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """The ASGI app behind uvicorn on a free loopback port, in this event loop; its
+    base URL while the block runs."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None)
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

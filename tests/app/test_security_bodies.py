@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-import uvicorn
 from arq.connections import ArqRedis
 from fastapi import FastAPI
 from pydantic import BaseModel, SecretStr
@@ -17,8 +15,7 @@ from pydantic import BaseModel, SecretStr
 from app.api import create_app
 from app.security import BodySizeLimit
 from tests.app.conftest import MakeSettings, kept_uvicorn_log_levels
-from tests.sandbox.conftest import free_port
-from tests.support import in_process
+from tests.support import in_process, serving
 
 LIMIT = 4096
 SECRET = "tg-secret_0123456789"
@@ -191,21 +188,8 @@ class TestBodySizeLimitAsgi:
 @asynccontextmanager
 async def served(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """The app behind uvicorn on a real socket, and a client of it."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None)
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            await task
-        await asyncio.sleep(0.01)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+        yield client
 
 
 class TestBodySizeLimitOverTheWire:

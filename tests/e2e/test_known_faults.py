@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,7 +19,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.e2e.conftest import TELEGRAM_SECRET, Stack, salon_rules, serve_stack
-from tests.sandbox.conftest import RunningSandbox, free_port
+from tests.sandbox.conftest import RunningSandbox
+from tests.support import serving
 
 pytestmark = pytest.mark.slow
 
@@ -82,21 +82,9 @@ async def slow_model() -> AsyncIterator[SlowModel]:
     app = Starlette(
         routes=[Route("/v1/chat/completions", model.completions, methods=["POST"])]
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None)
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            await task
-        await asyncio.sleep(0.01)
-    model.url = f"http://127.0.0.1:{port}/v1"
-    try:
+    async with serving(app) as url:
+        model.url = f"{url}/v1"
         yield model
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest.fixture

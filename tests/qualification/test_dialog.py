@@ -28,6 +28,7 @@ from qualification.llm import LlmQualifier
 from qualification.rules import RuleQualifier
 from qualification.schema import ClientMessage, Qualification
 from tests.qualification.conftest import MOSCOW, SERVICES, FakeClock, salon_rules
+from tests.qualification.test_llm import completion
 from webhooks.inbound import Channel, InboundKind, InboundMessage
 
 TG_CHAT = "100000001"
@@ -1015,23 +1016,7 @@ class TestWithAModelThatFails:
         self, conversation: Conversation
     ) -> None:
         """LLM-1: the client asks for the system prompt, the model refuses."""
-        refusal = {
-            "id": "chatcmpl-test1",
-            "object": "chat.completion",
-            "created": 1736751600,
-            "model": "gpt-4o-mini",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": None,
-                        "refusal": "I'm sorry, I can't help with that.",
-                    },
-                    "finish_reason": "stop",
-                }
-            ],
-        }
+        refusal = completion(None, refusal="I'm sorry, I can't help with that.")
         with respx.mock() as router:
             route = router.post("http://llm.test/v1/chat/completions").respond(
                 200, json=refusal
