@@ -18,7 +18,6 @@ from app.portal import NotConfigured
 from app.provision import doctor, setup
 from app.provision.common import (
     WEBHOOK_HOWTO,
-    BadPublicUrl,
     PublicUrls,
     explain_bitrix24,
     portal_admin,
@@ -159,7 +158,6 @@ def _load() -> tuple[Settings, BusinessRules, PublicUrls | None]:
     configure_logging(settings)
     try:
         rules = load_rules(settings.config)
-        public = public_urls(settings)
-    except (ConfigError, BadPublicUrl) as exc:
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    return settings, rules, public
+    return settings, rules, public_urls(settings)

@@ -4,7 +4,6 @@ and every failure put in plain words with its fix."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -66,27 +65,10 @@ class PublicUrls:
         return f"{self.base}/webhooks/bitrix24"
 
 
-class BadPublicUrl(ValueError):
-    """LEADLOOP_PUBLIC_URL is not an http(s) address without a path."""
-
-
 def public_urls(settings: Settings) -> PublicUrls | None:
-    """The configured public address, or None when LEADLOOP_PUBLIC_URL is unset."""
-    if not settings.public_url:
-        return None
-    base = settings.public_url.strip().rstrip("/")
-    parts = urlsplit(base)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadPublicUrl(
-            f"LEADLOOP_PUBLIC_URL={base!r} is not an address like "
-            "https://leadloop.example.ru"
-        )
-    if parts.path or parts.query or parts.fragment:
-        raise BadPublicUrl(
-            "LEADLOOP_PUBLIC_URL must be the bare address (no path): the webhook "
-            "routes /webhooks/… are added to it"
-        )
-    return PublicUrls(base)
+    """The configured public address (checked as a bare http(s) address with the
+    other settings), or None when LEADLOOP_PUBLIC_URL is unset."""
+    return PublicUrls(settings.public_url) if settings.public_url else None
 
 
 def portal_admin(
