@@ -58,8 +58,14 @@ def redis_client(redis_url: str) -> ArqRedis:
     return client
 
 
-# What ping_redis says when Redis answers but refuses the URL's user or password.
+# What ping_redis says when Redis answers but refuses the URL's user or password,
+# and what to do about it.
 REDIS_AUTH_REFUSED = "it refused the user or password (AuthenticationError)"
+REDIS_AUTH_FIX = (
+    "correct the user and password in LEADLOOP_REDIS_URL "
+    "(redis://user:password@host:6379/0), or leave them out for a Redis without a "
+    "password"
+)
 
 
 async def ping_redis(redis: ArqRedis) -> str | None:

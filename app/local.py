@@ -30,7 +30,13 @@ from pydantic import SecretStr
 from starlette.types import ASGIApp
 
 from app.api import create_app
-from app.clients import REDIS_AUTH_REFUSED, ping_redis, redact_url, redis_client
+from app.clients import (
+    REDIS_AUTH_FIX,
+    REDIS_AUTH_REFUSED,
+    ping_redis,
+    redact_url,
+    redis_client,
+)
 from app.config import BusinessRules
 from app.settings import Settings
 from app.worker import build_worker
@@ -377,9 +383,7 @@ async def _require_redis(redis_url: str) -> None:
         log.error("run.redis_unavailable", redis=redact_url(redis_url), problem=problem)
         raise LocalRunError(
             f"Redis at {redact_url(redis_url)} answers, but {problem}.\n"
-            "Correct the user and password in LEADLOOP_REDIS_URL "
-            "(redis://user:password@host:6379/0), or leave them out for a Redis "
-            "without a password."
+            f"To fix, {REDIS_AUTH_FIX}."
         )
     if problem is not None:
         log.error("run.redis_unavailable", redis=redact_url(redis_url), problem=problem)

@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import RedisError
 
-from app.clients import redact_url
+from app.clients import REDIS_AUTH_FIX, redact_url
 from app.config import BusinessRules
 from app.provision.common import (
     WEBHOOK_HOWTO,
@@ -445,9 +445,7 @@ async def _redis(settings: Settings, redis: Redis) -> Check:
             Health.PROBLEM,
             f"Redis at {where} answers but refuses the user or password "
             "(AuthenticationError): no job is queued and webhooks answer 503",
-            "correct the user and password in LEADLOOP_REDIS_URL "
-            "(redis://user:password@host:6379/0), or leave them out for a Redis "
-            "without a password",
+            REDIS_AUTH_FIX,
         )
     except (TimeoutError, RedisError, OSError) as error:
         return Check(

@@ -224,7 +224,9 @@ class TestRun:
             "Redis at redis://:***@127.0.0.1:6379/15 answers, but it refused the user "
             "or password"
         ) in result.stderr
-        assert "Correct the user and password in LEADLOOP_REDIS_URL" in result.stderr
+        assert "To fix, correct the user and password in LEADLOOP_REDIS_URL" in (
+            result.stderr
+        )
         assert "redis-server" not in result.stderr
         assert "not-the-password" not in result.output
 
