@@ -117,23 +117,19 @@ async def open_chat(
 ) -> AsyncIterator[Chat]:
     # Notifications off, as by default: the manager hears of a follow-up anyway.
     rules = salon(notify=False)
-    desk, batcher, http = await open_desk(portal, redis, key_root, rules)
-    deferred = DeferredHandOffs(arq_redis, prefix=f"{key_root}:intake")
-    followups = FollowUps(
-        desk.handoff,
-        desk.handoff._writer,
-        redis,
-        rules,
-        ManagerPicker(redis, rules, counter_key=f"{key_root}:rr"),
-        deferred,
-        clock=desk.clock,
-        prefix=f"{key_root}:intake",
-    )
-    try:
+    async with open_desk(portal, redis, key_root, rules) as desk:
+        deferred = DeferredHandOffs(arq_redis, prefix=f"{key_root}:intake")
+        followups = FollowUps(
+            desk.handoff,
+            desk.handoff._writer,
+            redis,
+            rules,
+            ManagerPicker(redis, rules, counter_key=f"{key_root}:rr"),
+            deferred,
+            clock=desk.clock,
+            prefix=f"{key_root}:intake",
+        )
         yield Chat(desk, followups, deferred, redis)
-    finally:
-        await batcher.aclose()
-        await http.aclose()
 
 
 async def handed_off(chat: Chat) -> tuple[QualifiedLead, HandedOff]:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, time, timedelta
 from decimal import Decimal
@@ -197,31 +198,35 @@ async def key_root(redis: Redis) -> AsyncIterator[str]:
         await redis.delete(*keys)
 
 
+@asynccontextmanager
 async def open_desk(
     portal: RunningSandbox,
     redis: Redis,
     root: str,
     rules: BusinessRules,
-) -> tuple[Desk, Batcher, httpx.AsyncClient]:
+) -> AsyncIterator[Desk]:
+    """A hand-off on these rules; its batcher and HTTP client close with the block."""
     wire = Wire([])
-    http = httpx.AsyncClient(timeout=10, event_hooks={"request": [wire.record]})
-    client = Bitrix24Client(
-        http, WebhookCredentials(portal.webhook), portal_zone=MOSCOW
-    )
-    batcher = Batcher(client)
-    clock = FakeClock()
-    links = Links(redis, keys=ReminderKeys(f"{root}:reminders"))
-    handoff = HandOff(
-        Writer(client, batcher),
-        redis,
-        rules,
-        ManagerPicker(redis, rules, counter_key=f"{root}:rr"),
-        links,
-        clock=clock,
-        prefix=f"{root}:intake",
-        contact_locks=ContactLocks(redis, prefix=f"{root}:lock:contact"),
-    )
-    return Desk(handoff, links, wire, portal, clock), batcher, http
+    async with httpx.AsyncClient(
+        timeout=10, event_hooks={"request": [wire.record]}
+    ) as http:
+        client = Bitrix24Client(
+            http, WebhookCredentials(portal.webhook), portal_zone=MOSCOW
+        )
+        async with Batcher(client) as batcher:
+            clock = FakeClock()
+            links = Links(redis, keys=ReminderKeys(f"{root}:reminders"))
+            handoff = HandOff(
+                Writer(client, batcher),
+                redis,
+                rules,
+                ManagerPicker(redis, rules, counter_key=f"{root}:rr"),
+                links,
+                clock=clock,
+                prefix=f"{root}:intake",
+                contact_locks=ContactLocks(redis, prefix=f"{root}:lock:contact"),
+            )
+            yield Desk(handoff, links, wire, portal, clock)
 
 
 def salon(**intake: Any) -> BusinessRules:
@@ -234,10 +239,8 @@ def salon(**intake: Any) -> BusinessRules:
 async def desk(
     portal: RunningSandbox, redis: Redis, key_root: str
 ) -> AsyncIterator[Desk]:
-    built, batcher, http = await open_desk(portal, redis, key_root, salon())
-    yield built
-    await batcher.aclose()
-    await http.aclose()
+    async with open_desk(portal, redis, key_root, salon()) as built:
+        yield built
 
 
 def contact_rows(desk: Desk) -> list[dict[str, Any]]:
@@ -523,12 +526,8 @@ class TestPhoneType:
                 }
             },
         )
-        desk, batcher, http = await open_desk(portal, redis, key_root, rules)
-        try:
+        async with open_desk(portal, redis, key_root, rules) as desk:
             done = await desk.handoff.hand_off(lead())
-        finally:
-            await batcher.aclose()
-            await http.aclose()
 
         [contact] = contact_rows(desk)
         assert done.contact_id == known
@@ -560,12 +559,8 @@ class TestCrmModes:
         self, portal: RunningSandbox, redis: Redis, key_root: str
     ) -> None:
         portal.load({"users": STAFF, "settings": {"crm_mode": "classic"}})
-        desk, batcher, http = await open_desk(portal, redis, key_root, salon())
-        try:
+        async with open_desk(portal, redis, key_root, salon()) as desk:
             done = await desk.handoff.hand_off(lead())
-        finally:
-            await batcher.aclose()
-            await http.aclose()
 
         [row] = portal.result(
             "crm.lead.list", {"select": ["ID", "TITLE", "STATUS_ID", "CONTACT_ID"]}
@@ -580,13 +575,9 @@ class TestCrmModes:
         self, portal: RunningSandbox, redis: Redis, key_root: str
     ) -> None:
         portal.load({"users": STAFF, "settings": {"crm_mode": "classic"}})
-        desk, batcher, http = await open_desk(portal, redis, key_root, salon())
-        try:
+        async with open_desk(portal, redis, key_root, salon()) as desk:
             earlier = await desk.handoff.hand_off(lead())
             again = await desk.handoff.hand_off(lead())
-        finally:
-            await batcher.aclose()
-            await http.aclose()
 
         assert (again.record, again.record_id, again.returning) == (
             "lead",
@@ -604,12 +595,8 @@ class TestCrmModes:
             {"fields": {"FIELD_NAME": "READINESS", "USER_TYPE_ID": "string"}},
         )
         rules = salon(comments=False, fields={"readiness": "UF_CRM_READINESS"})
-        desk, batcher, http = await open_desk(portal, redis, key_root, rules)
-        try:
+        async with open_desk(portal, redis, key_root, rules) as desk:
             await desk.handoff.hand_off(lead())
-        finally:
-            await batcher.aclose()
-            await http.aclose()
 
         [deal] = deal_rows(desk)
         assert deal["UF_CRM_READINESS"] == "горячий"
@@ -619,12 +606,8 @@ class TestCrmModes:
         self, portal: RunningSandbox, redis: Redis, key_root: str
     ) -> None:
         rules = BusinessRules(services=SERVICES)
-        desk, batcher, http = await open_desk(portal, redis, key_root, rules)
-        try:
+        async with open_desk(portal, redis, key_root, rules) as desk:
             done = await desk.handoff.hand_off(lead())
-        finally:
-            await batcher.aclose()
-            await http.aclose()
 
         assert done.manager_id == 1
         [task] = task_rows(desk)
